@@ -1,0 +1,1 @@
+"""Clients of the streaming service: file streamer, microphone CLI, browser page."""

@@ -1,0 +1,1 @@
+"""Qwen3 LLM decoder: prompt, KV cache, generation, recognizer."""

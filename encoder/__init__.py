@@ -1,0 +1,1 @@
+"""Qwen3-ASR audio front end and AuT audio encoder."""

@@ -1,0 +1,1 @@
+"""Streaming speech recognition service: sessions, buffering, VAD, stabilization, servers."""

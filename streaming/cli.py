@@ -1,0 +1,200 @@
+"""The `asr-stream` command: serve the WebSocket service, or stream a file through it.
+
+    asr-stream serve [--model tiny.en|base|DIR] [--port 8765] ...
+    asr-stream transcribe FILE [--url ws://HOST:PORT] [--fast] [--format text|json]
+
+Heavy modules are imported inside each subcommand so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default="tiny.en",
+        help="tiny.en (default, embedded), base (embedded, multilingual), "
+        "or the path of a local model directory",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+
+
+def _add_session_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--language", default="auto", help="ISO code or name; auto detects")
+    parser.add_argument("--context", default="", help="names, jargon or topic to bias towards")
+    parser.add_argument(
+        "--hotword", action="append", default=[], help="a word to favour (repeatable)"
+    )
+    parser.add_argument(
+        "--word-timestamps", action="store_true", help="ask for word timings in finals"
+    )
+    parser.add_argument("--token", default=None, help="access token of a protected server")
+    parser.add_argument(
+        "--insecure", action="store_true", help="accept a self-signed certificate (wss://)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr-stream", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the WebSocket service")
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="interface (0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--max-sessions", type=int, default=8)
+    serve.add_argument("--max-batch", type=int, default=8, help="decodes batched per model call")
+    serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds without frames")
+    serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM) for wss://")
+    serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
+    serve.add_argument("--token", default=None, help="require this token from clients")
+    serve.add_argument("--step-ms", type=int, default=1000, help="audio between partial decodes")
+    serve.add_argument(
+        "--vad-aggressiveness", type=int, default=2, choices=range(4), help="webrtcvad 0-3"
+    )
+
+    transcribe = commands.add_parser("transcribe", help="stream an audio file and print text")
+    transcribe.add_argument("file", type=Path, help="WAV, FLAC or OGG file")
+    transcribe.add_argument(
+        "--url", help="a running server (ws://HOST:PORT); without it, one runs in this process"
+    )
+    _add_model_options(transcribe)
+    _add_session_options(transcribe)
+    pace = transcribe.add_mutually_exclusive_group()
+    pace.add_argument("--realtime", action="store_true", help="send at real-time pace (default)")
+    pace.add_argument("--fast", action="store_true", help="send as fast as the server keeps up")
+    transcribe.add_argument("--frame-ms", type=int, default=100, help="audio per frame (ms)")
+    transcribe.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text: finals; json: events"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "transcribe":
+        return _transcribe(args)
+    raise AssertionError(args.command)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from streaming.models import ModelNotFoundError, load_recognizer
+
+    try:
+        return load_recognizer(args.model, threads=args.threads, device=args.device)
+    except ModelNotFoundError as exc:
+        print(f"asr-stream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from streaming.session import Limits
+    from streaming.vad import VadConfig
+    from streaming.ws_server import ServerConfig, StreamingServer
+
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_sessions=args.max_sessions,
+        max_batch=args.max_batch,
+        idle_timeout_s=args.idle_timeout,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        token=args.token,
+        limits=Limits(step_ms=args.step_ms),
+        vad=VadConfig(aggressiveness=args.vad_aggressiveness),
+    )
+    server = StreamingServer(_load(args), config)
+
+    async def until_signal() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        scheme = "wss" if args.certfile else "ws"
+        print(
+            f"asr-stream: serving {server.model_name} on {scheme}://{args.host}:{server.port}"
+            "/v1/stream (page at /, health at /health); Ctrl-C stops",
+            file=sys.stderr,
+        )
+        await stop.wait()
+        print("asr-stream: shutting down, finishing open sessions", file=sys.stderr)
+
+    asyncio.run(server.serve_forever(until_signal))
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from client.captions import TerminalCaptions
+    from client.connection import ServiceError, SessionSettings
+    from client.file_streamer import PaceOptions, stream_file
+
+    settings = SessionSettings(
+        language=args.language,
+        context=args.context,
+        hotwords=tuple(args.hotword),
+        word_timestamps=args.word_timestamps,
+    )
+    pace = PaceOptions(frame_ms=args.frame_ms, realtime=not args.fast)
+    if args.format == "json":
+
+        def show(event: dict[str, Any]) -> None:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+
+        captions = None
+    else:
+        captions = TerminalCaptions(sys.stdout)
+
+        def show(event: dict[str, Any]) -> None:
+            # --fast runs ahead of the server on purpose; its lag warnings are expected
+            if not (args.fast and event.get("code") == "lagging"):
+                captions(event)
+
+    async def run() -> None:
+        if args.url:
+            await stream_file(
+                args.url, args.file, settings, pace, on_event=show,
+                token=args.token, insecure=args.insecure,
+            )  # fmt: skip
+            return
+        from streaming.ws_server import ServerConfig, StreamingServer
+
+        server = StreamingServer(_load(args), ServerConfig(port=0, web_root=None))
+        await server.start()
+        try:
+            url = f"ws://127.0.0.1:{server.port}"
+            await stream_file(url, args.file, settings, pace, on_event=show)
+        finally:
+            await server.shutdown()
+
+    try:
+        asyncio.run(run())
+    except (ServiceError, ValueError) as exc:
+        print(f"asr-stream: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if captions is not None:
+            captions.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The interface between the session engine and a speech recognizer.
+
+A session cuts speech into segments and asks the recognizer, again and again as audio arrives,
+for the best hypothesis of the current segment. Each request carries the segment's audio from its
+start, the words already committed (a forced prefix the recognizer must keep and continue, never
+regenerate) and the text context. Recognizers that keep incremental state between decodes of one
+segment (encoder caches, KV caches) return it with the hypothesis and get it back on the next
+request: the state is passed in and returned, never hidden in the recognizer.
+
+Recognizers run on a worker thread, a batch of requests at a time; a request never blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Word:
+    """One recognized word, timed relative to the start of its segment.
+
+    `text` is the word as it is displayed, with its leading space where the script uses spaces
+    (" forward"), so that concatenating words gives the text. Punctuation that follows a word
+    without a space may form a word of its own (".").
+    """
+
+    text: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One decode of one segment."""
+
+    # float32 samples at 16 kHz, mono: the segment from its start to the newest audio
+    audio: np.ndarray
+    # words already committed in this segment: a forced prefix, kept verbatim
+    committed: tuple[Word, ...] = ()
+    # the session's free-text context
+    context: str = ""
+    # words to favour
+    hotwords: tuple[str, ...] = ()
+    # the end of the previous segments' text, for continuity across segments
+    previous_text: str = ""
+    # ISO code, or None to detect
+    language: str | None = None
+    # the last decode of this segment: the answer becomes its final text
+    final: bool = False
+    # the recognizer's own state from the previous decode of this segment (None at first)
+    state: object | None = None
+
+    @property
+    def duration_ms(self) -> int:
+        """Length of the segment audio in this request."""
+        return len(self.audio) * 1000 // 16_000
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """The recognizer's answer to one `DecodeRequest`."""
+
+    # all words of the segment: the committed prefix unchanged, then the continuation
+    words: tuple[Word, ...]
+    # ISO code of the language the segment was transcribed in, None if unknown
+    language: str | None = None
+    # the state to pass back with the next request of the same segment
+    state: object | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a recognizer can do; the session validates settings against it."""
+
+    # name reported to clients in session.created
+    name: str
+    # ISO codes the model transcribes; None means any language it detects
+    languages: frozenset[str] | None = None
+    # longest segment one decode can take, seconds
+    max_segment_s: float = 30.0
+    # whether Word times come from a real alignment (exposed to clients) or are estimates
+    word_timestamps: bool = False
+    # extra facts for /health and logs (device, dtype, ...)
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class Recognizer(abc.ABC):
+    """A speech recognizer the session engine can drive."""
+
+    info: ModelInfo
+
+    @abc.abstractmethod
+    def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
+        """Decodes a batch of requests (from different sessions) and answers each in order.
+
+        Runs on a worker thread. Must not keep references to request audio after returning.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most recognizers hold nothing to free
+        """Frees what the recognizer holds (threads, memory)."""
+
+
+def join_words(words: Sequence[Word]) -> str:
+    """Concatenates words into display text without leading or trailing spaces."""
+    return "".join(w.text for w in words).strip()

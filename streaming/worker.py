@@ -1,0 +1,134 @@
+"""One recognizer shared by all sessions: batching, priorities, and a thread off the event loop.
+
+Sessions hand their decode requests to `ModelWorker.decode` and await the answer. A single
+consumer task takes the waiting requests (finals first, then partials, oldest first), runs up
+to `max_batch` of them as one batch on a dedicated thread, and resolves the futures. The event
+loop never runs model code, so a slow decode delays answers, not the reading of audio.
+
+Queue policy: the queue is bounded by `max_pending`. Each session has at most one request in
+flight, so with `max_pending` >= the server's session limit a put never waits; if it ever would,
+the session waits (backpressure) rather than the request being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from streaming.errors import ModelError
+from streaming.recognizer import DecodeRequest, Hypothesis, Recognizer
+
+log = logging.getLogger(__name__)
+
+FINAL, PARTIAL = 0, 1  # queue priorities: a final holds up a user waiting on it
+
+
+@dataclass
+class WorkerStats:
+    """Counters for /health and benchmarks."""
+
+    batches: int = 0
+    requests: int = 0
+    finals: int = 0
+    busy_s: float = 0.0
+    largest_batch: int = 0
+    failures: int = 0
+
+
+class ModelWorker:
+    """Serialises model calls from many sessions into batches on one thread."""
+
+    def __init__(self, recognizer: Recognizer, *, max_batch: int = 8, max_pending: int = 256):
+        self.recognizer = recognizer
+        self.max_batch = max_batch
+        self.stats = WorkerStats()
+        self._queue: asyncio.PriorityQueue[
+            tuple[int, int, DecodeRequest, asyncio.Future[Hypothesis]]
+        ] = asyncio.PriorityQueue(max_pending)
+        self._order = itertools.count()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recognizer")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Starts the consumer task on the running loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="model-worker")
+
+    async def stop(self) -> None:
+        """Stops taking work; requests still queued fail with ModelError."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        while not self._queue.empty():
+            *_, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(ModelError("the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    async def decode(self, request: DecodeRequest) -> Hypothesis:
+        """Queues one request and waits for its hypothesis.
+
+        Raises:
+            ModelError: the recognizer failed on this request.
+        """
+        future: asyncio.Future[Hypothesis] = asyncio.get_running_loop().create_future()
+        priority = FINAL if request.final else PARTIAL
+        await self._queue.put((priority, next(self._order), request, future))
+        return await future
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            live = [item for item in batch if not item[3].done()]  # cancelled: session gone
+            if not live:
+                continue
+            requests = [item[2] for item in live]
+            started = time.perf_counter()
+            answers: list[Hypothesis | Exception]
+            try:
+                answers = list(await loop.run_in_executor(self._executor, self._decode, requests))
+            except Exception:  # the batch failed: retry one by one so only the culprit fails
+                log.exception("batch of %d failed; retrying requests one by one", len(requests))
+                answers = []
+                for request in requests:
+                    try:
+                        answers.extend(
+                            await loop.run_in_executor(self._executor, self._decode, [request])
+                        )
+                    except Exception as exc:
+                        log.exception("decode failed")
+                        self.stats.failures += 1
+                        answers.append(ModelError(f"the recognizer failed: {exc}"))
+            self._count(requests, time.perf_counter() - started)
+            for (_, _, _, future), answer in zip(live, answers, strict=True):
+                if future.done():
+                    continue
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                else:
+                    future.set_result(answer)
+
+    def _decode(self, requests: list[DecodeRequest]) -> list[Hypothesis]:
+        answers = self.recognizer.decode(requests)
+        if len(answers) != len(requests):
+            raise RuntimeError(f"recognizer answered {len(answers)} of {len(requests)} requests")
+        return answers
+
+    def _count(self, requests: list[DecodeRequest], seconds: float) -> None:
+        self.stats.batches += 1
+        self.stats.requests += len(requests)
+        self.stats.finals += sum(r.final for r in requests)
+        self.stats.busy_s += seconds
+        self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
