@@ -40,8 +40,9 @@ from websockets.http11 import Request, Response
 
 from streaming import events as ev
 from streaming.config import SessionConfig
-from streaming.errors import CapacityError, CloseCode, ModelError, StreamingError
-from streaming.recognizer import DecodeRequest, Recognizer
+from streaming.errors import CapacityError, CloseCode, StreamingError
+from streaming.recognizer import Recognizer
+from streaming.runner import SessionRunner
 from streaming.session import Limits, Session
 from streaming.vad import VadConfig
 from streaming.worker import ModelWorker
@@ -136,25 +137,22 @@ class _Connection:
         self.websocket = websocket
         self.session = session
         self.outbox = _Outbox(server.config.max_outbox)
-        self._decoding: asyncio.Task[None] | None = None
+        self.runner = SessionRunner(session, server.worker, self.outbox.push)
         self._done = asyncio.Event()
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write(), name=f"{self.session.session_id}:writer")
-        self._pump()
         try:
             await self._read()
         finally:
-            if self._decoding is not None:
-                self._decoding.cancel()
+            self.runner.abandon()
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
     def shutdown(self) -> None:
         """Server shutdown: finish the input; the finals are sent, then the socket closes."""
-        self.session.close("server_shutdown")
-        self._pump()
+        self.runner.close("server_shutdown")
 
     async def _read(self) -> None:
         idle = self.server.config.idle_timeout_s
@@ -163,36 +161,15 @@ class _Connection:
                 async with asyncio.timeout(idle):
                     message = await self.websocket.recv()
             except TimeoutError:
-                self.session.close("idle_timeout")
-                self._pump()
+                self.runner.close("idle_timeout")
                 await self._done.wait()  # the writer closes the socket after the finals
                 return
             except ConnectionClosed:
                 return  # the client left: nobody is there to send finals to
             if isinstance(message, bytes):
-                self.session.receive_audio(message)
+                self.runner.receive_audio(message)
             else:
-                self.session.receive_text(message)
-            self._pump()
-
-    def _pump(self) -> None:
-        """Moves the session's events to the outbox and starts the decode it asks for."""
-        for event in self.session.events_to_send():
-            self.outbox.push(event)
-        if self._decoding is None or self._decoding.done():
-            request = self.session.next_request()
-            if request is not None:
-                self._decoding = asyncio.create_task(self._decode(request))
-
-    async def _decode(self, request: DecodeRequest) -> None:
-        try:
-            hypothesis = await self.server.worker.decode(request)
-        except ModelError as exc:
-            self.session.fail(exc)
-        else:
-            self.session.complete(hypothesis)
-        self._decoding = None  # this task is ending: let _pump start the next decode now
-        self._pump()
+                self.runner.receive_text(message)
 
     async def _write(self) -> None:
         websocket, session = self.websocket, self.session
