@@ -131,11 +131,13 @@ class StreamClient:
         await self.send_json({"type": "input.end"})
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        """Events until the server closes the connection.
+        """Every event of the session, `session.created` first, until the server closes.
 
         Raises:
             ServiceError: the connection ended with an error close code.
         """
+        if self.created is not None:
+            yield self.created
         while True:
             try:
                 yield await self._receive_json()
@@ -159,10 +161,10 @@ class StreamClient:
         return event
 
 
-async def wait_closed(client: StreamClient, timeout: float) -> None:
+async def wait_closed(client: StreamClient, grace_s: float) -> None:
     """Waits for the server to close after session.closed (a courtesy, not an error)."""
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(grace_s):
             await client.websocket.wait_closed()
     except TimeoutError:
         await client.close()

@@ -107,11 +107,6 @@ async def stream_samples(
             if event["type"] == "session.closed":
                 return
 
-    if client.created is not None:
-        result.events.append(client.created)
-        result.received_at.append(time.monotonic())
-        if on_event is not None:
-            on_event(client.created)
     receiver = asyncio.create_task(receive())
     frame = max(1, rate * pace.frame_ms // 1000)
     result.started_at = time.monotonic()
@@ -135,7 +130,7 @@ async def stream_samples(
         await receiver
     finally:
         receiver.cancel()
-        await wait_closed(client, timeout=5.0)
+        await wait_closed(client, grace_s=5.0)
     return result
 
 

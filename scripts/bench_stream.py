@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -131,7 +130,6 @@ async def stream(
     await receiver
     await client.close()
     events = [e for _, e in log]
-    events.insert(0, client.created or {})
     return {"log": log, "marks": marks, "events": events}
 
 
@@ -167,7 +165,9 @@ async def single_stream(url: str, corpus: list[Any], refs: list[Any]) -> dict[st
     problems = []
     for utterance, ref in zip(corpus, refs, strict=True):
         speech = utterance.samples()
-        audio = np.concatenate([np.zeros(int(LEAD_S * 16000)), speech, np.zeros(int(TRAIL_S * 16000))])
+        audio = np.concatenate(
+            [np.zeros(int(LEAD_S * 16000)), speech, np.zeros(int(TRAIL_S * 16000))]
+        )
         run = await stream(url, audio)
         problems += check_events(run["events"], input_ended=True)
         first_word, first_end = ref[0]
@@ -216,9 +216,7 @@ async def capacity_pass(url: str, corpus: list[Any], n: int, seconds: float) -> 
     gap = np.zeros(16000)
     joined = np.concatenate([np.concatenate([u.samples(), gap]) for u in corpus])
     joined = joined[: int(seconds * 16000)]
-    runs = await asyncio.gather(
-        *(stream(url, np.roll(joined, k * 16000 * 3)) for k in range(n))
-    )
+    runs = await asyncio.gather(*(stream(url, np.roll(joined, k * 16000 * 3)) for k in range(n)))
     lags, slopes, endpoint_delays = [], [], []
     for run in runs:
         acks = [(at, e) for at, e in run["log"] if e["type"] == "audio.ack"]
@@ -254,7 +252,10 @@ async def main() -> None:
     corpus = load_corpus()
     recognizer = load_recognizer(args.model)
     refs = [reference_words(recognizer, u.samples()) for u in corpus]
-    offline = [join_words(recognizer.decode([DecodeRequest(audio=u.samples(), final=True)])[0].words) for u in corpus]
+    offline = [
+        join_words(recognizer.decode([DecodeRequest(audio=u.samples(), final=True)])[0].words)
+        for u in corpus
+    ]
     del recognizer
 
     levels = [int(n) for n in args.streams.split(",")]
@@ -305,16 +306,23 @@ async def main() -> None:
     print(f"| partial revision rate | {results['revision_rate']:.1%} "
           f"({single['revisions']}/{single['partials']}) | |")  # fmt: skip
     print(f"| RTF (one stream, model busy / audio) | {results['rtf']:.3f} | |")
-    print(f"| WER streaming finals / offline | {stream_wer.wer:.1%} / {offline_wer.wer:.1%} "
-          f"({stream_wer.errors} / {offline_wer.errors} of {stream_wer.words}) | within 2 pts |")  # fmt: skip
+    counts = f"{stream_wer.errors} / {offline_wer.errors} of {stream_wer.words}"
+    print(
+        f"| WER streaming finals / offline | {stream_wer.wer:.1%} / {offline_wer.wer:.1%} "
+        f"({counts}) | within 2 pts |"
+    )
     print(f"| WER, Whisper normalizer | {stream_wer_w.wer:.1%} / {offline_wer_w.wer:.1%} | |")
     print(f"| protocol violations | {len(single['violations'])} | 0 |")
-    print("\n| concurrent streams | lag P95 (s) | lag slope (s/s) | final after segment end P95 (s) | errors |")
+    print(
+        "\n| concurrent streams | lag P95 (s) | lag slope (s/s) "
+        "| final after segment end P95 (s) | errors |"
+    )
     print("|---|---|---|---|---|")
     for c in capacity:
         print(f"| {c['streams']} | {c['lag_p95_s']:.2f} | {c['lag_slope']:+.3f} | "
               f"{c['final_after_segment_end_p95_s']:.2f} | {c['errors']} |")  # fmt: skip
-    print(f"\nreal-time streams held (lag slope < 0.05 s/s, no errors): {results['max_realtime_streams']}")
+    held_streams = results["max_realtime_streams"]
+    print(f"\nreal-time streams held (lag slope < 0.05 s/s, no errors): {held_streams}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The `asr-stream` command: serve the WebSocket service, or stream a file through it.
 
     asr-stream serve [--model tiny.en|base|DIR] [--port 8765] ...
-    asr-stream transcribe FILE [--url ws://HOST:PORT] [--fast] [--format text|json]
+    asr-stream transcribe FILE [--url ws://HOST:PORT] [--fast] [--output out.srt]
+    asr-stream mic [--url ws://HOST:PORT] [--device NAME] [--output out.vtt]
 
 Heavy modules are imported inside each subcommand so `--help` stays instant.
 """
@@ -27,6 +28,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", type=Path, help="also save the finals: .txt, .jsonl, .srt or .vtt"
+    )
+    parser.add_argument(
+        "--output-format",
+        choices=("text", "jsonl", "srt", "vtt"),
+        help="format of --output when its name does not tell",
+    )
 
 
 def _add_session_options(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "--format", choices=("text", "json"), default="text", help="text: finals; json: events"
     )
+    _add_output_options(transcribe)
+
+    mic = commands.add_parser("mic", help="live captions from a microphone")
+    mic.add_argument(
+        "--url", default="ws://127.0.0.1:8765", help="the service (default ws://127.0.0.1:8765)"
+    )
+    mic.add_argument("--device", help="input device name or index (see --list-devices)")
+    mic.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    mic.add_argument("--samplerate", type=int, help="capture rate (default: the device's own)")
+    _add_session_options(mic)
+    _add_output_options(mic)
     return parser
 
 
@@ -92,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "transcribe":
         return _transcribe(args)
+    if args.command == "mic":
+        return _mic(args)
     raise AssertionError(args.command)
 
 
@@ -142,31 +167,51 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _transcribe(args: argparse.Namespace) -> int:
-    from client.captions import TerminalCaptions
-    from client.connection import ServiceError, SessionSettings
-    from client.file_streamer import PaceOptions, stream_file
+def _settings(args: argparse.Namespace) -> Any:
+    from client.connection import SessionSettings
 
-    settings = SessionSettings(
+    subtitles = bool(args.output) and (
+        args.output_format in ("srt", "vtt") or args.output.suffix.lower() in (".srt", ".vtt")
+    )
+    return SessionSettings(
         language=args.language,
         context=args.context,
         hotwords=tuple(args.hotword),
-        word_timestamps=args.word_timestamps,
+        # subtitles are cut into readable cues at word boundaries when words are timed
+        word_timestamps=args.word_timestamps or subtitles,
     )
+
+
+def _writer(args: argparse.Namespace) -> Any:
+    from client.transcript_files import TranscriptWriter
+
+    if args.output is None:
+        return None
+    try:
+        return TranscriptWriter.open(args.output, args.output_format)
+    except (ValueError, OSError) as exc:
+        print(f"asr-stream: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from client.captions import TerminalCaptions
+    from client.connection import ServiceError
+    from client.file_streamer import PaceOptions, stream_file
+
+    settings = _settings(args)
+    writer = _writer(args)
     pace = PaceOptions(frame_ms=args.frame_ms, realtime=not args.fast)
-    if args.format == "json":
+    captions = None if args.format == "json" else TerminalCaptions(sys.stdout)
 
-        def show(event: dict[str, Any]) -> None:
+    def show(event: dict[str, Any]) -> None:
+        if writer is not None and event.get("type") == "transcript.final":
+            writer.write(event)
+        if captions is None:
             print(json.dumps(event, ensure_ascii=False), flush=True)
-
-        captions = None
-    else:
-        captions = TerminalCaptions(sys.stdout)
-
-        def show(event: dict[str, Any]) -> None:
+        elif not (args.fast and event.get("code") == "lagging"):
             # --fast runs ahead of the server on purpose; its lag warnings are expected
-            if not (args.fast and event.get("code") == "lagging"):
-                captions(event)
+            captions(event)
 
     async def run() -> None:
         if args.url:
@@ -193,6 +238,55 @@ def _transcribe(args: argparse.Namespace) -> int:
     finally:
         if captions is not None:
             captions.close()
+        if writer is not None:
+            writer.close()
+    return 0
+
+
+def _mic(args: argparse.Namespace) -> int:
+    from client.captions import TerminalCaptions
+    from client.connection import ServiceError
+    from client.mic import MicrophoneError, SoundDeviceSource, list_input_devices, run_microphone
+
+    try:
+        if args.list_devices:
+            devices = list_input_devices()
+            print("\n".join(devices) if devices else "No input devices found.")
+            return 0
+        device = int(args.device) if args.device and args.device.isdigit() else args.device
+        source = SoundDeviceSource(device, args.samplerate)
+    except MicrophoneError as exc:
+        print(f"asr-stream: {exc}", file=sys.stderr)
+        return 1
+    writer = _writer(args)
+    captions = TerminalCaptions(sys.stdout)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print(
+            f"asr-stream: captioning {source.name} at {source.sample_rate} Hz via {args.url}; "
+            "Ctrl-C stops",
+            file=sys.stderr,
+        )
+        result = await run_microphone(
+            args.url, source, _settings(args), stop, on_event=captions, writer=writer,
+            token=args.token, insecure=args.insecure,
+        )  # fmt: skip
+        if result.dropped_ms:
+            print(f"asr-stream: {result.dropped_ms} ms of audio were dropped", file=sys.stderr)
+
+    try:
+        asyncio.run(run())
+    except (ServiceError, MicrophoneError, TimeoutError) as exc:
+        print(f"asr-stream: {exc or 'timed out waiting for the last finals'}", file=sys.stderr)
+        return 1
+    finally:
+        captions.close()
+        if writer is not None:
+            writer.close()
     return 0
 
 

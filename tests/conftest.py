@@ -14,7 +14,9 @@ DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
 
 # Every timeout in the tests is a multiple of MS, so a slow machine can scale them all at once
 # (ASR_TESTS_TIMEOUT_FACTOR=3 bash scripts/test.sh).
-MS = 0.001 * float(os.environ.get("ASR_TESTS_TIMEOUT_FACTOR", "1"))
+TIMEOUT_FACTOR = float(os.environ.get("ASR_TESTS_TIMEOUT_FACTOR", "1"))
+MS = 0.001 * TIMEOUT_FACTOR  # seconds, for asyncio and sockets
+PW_MS = TIMEOUT_FACTOR  # milliseconds, for APIs that take them (Playwright)
 
 
 @dataclass(frozen=True)

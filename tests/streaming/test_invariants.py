@@ -49,9 +49,12 @@ def _break(mutate):
         ("lag mismatch", lambda e: e[4].update(lag_ms=5), "lag"),
         ("wrong count", lambda e: e[7].update(segments=2), "counts"),
         ("foreign session", lambda e: e[2].update(session_id="x"), "session_id"),
-        ("word outside", lambda e: e[6].update(words=[{"word": "go", "start_ms": 0,
-                                                          "end_ms": 1200}]), "outside"),
-    ],  # fmt: skip
+        (
+            "word outside",
+            lambda e: e[6].update(words=[{"word": "go", "start_ms": 0, "end_ms": 1200}]),
+            "outside",
+        ),
+    ],
 )
 def test_each_violation_is_reported(name, mutate, needle):
     """Breaking one invariant produces a message naming it."""

@@ -53,7 +53,7 @@ def test_base_is_multilingual_and_transcribes(tmp_path, monkeypatch, corpus):
 
 def test_unknown_names_and_folders_say_what_is_accepted(tmp_path):
     """A wrong --model value explains the accepted forms."""
-    with pytest.raises(ModelNotFoundError, match="tiny.en, base"):
+    with pytest.raises(ModelNotFoundError, match=r"tiny\.en, base"):
         load_recognizer("large-v3")
     with pytest.raises(ModelNotFoundError, match="neither"):
         load_recognizer(str(tmp_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -79,7 +80,7 @@ def test_committed_text_grows_and_is_a_prefix_of_the_final():
     d.audio(speech())
     committed = [e["committed"] for e in d.of("transcript.partial")]
     assert committed[-1].startswith("Go forward")
-    assert all(b.startswith(a) for a, b in zip(committed, committed[1:], strict=False))
+    assert all(b.startswith(a) for a, b in itertools.pairwise(committed))
     assert d.of("transcript.final")[0]["text"].startswith(committed[-1])
 
 
@@ -205,7 +206,11 @@ def test_unsupported_sample_rate_is_fatal_with_close_code_4001():
     d = make()
     d.send({"type": "session.start", "audio": {"sample_rate": 96000}})
     error = d.of("error")[-1]
-    assert error["fatal"] and error["code"] == "unsupported_sample_rate" and "96000" in error["message"]
+    assert (
+        error["fatal"]
+        and error["code"] == "unsupported_sample_rate"
+        and "96000" in error["message"]
+    )
     assert d.session.finished and d.session.fatal.close_code == CloseCode.BAD_CONFIG
 
 
@@ -230,8 +235,12 @@ def test_query_parameters_set_the_format():
 def test_a_48k_stereo_float_stream_is_downmixed_and_resampled():
     """pcm_f32le at 48 kHz stereo is accepted and transcribed."""
     d = make()
-    d.send({"type": "session.start", "audio": {"encoding": "pcm_f32le", "sample_rate": 48000,
-                                               "channels": 2}})
+    d.send(
+        {
+            "type": "session.start",
+            "audio": {"encoding": "pcm_f32le", "sample_rate": 48000, "channels": 2},
+        }
+    )
     mono16 = speech()
     mono48 = np.interp(np.arange(len(mono16) * 3) / 3, np.arange(len(mono16)), mono16)
     stereo = np.stack([mono48, mono48], axis=1).astype("<f4").tobytes()

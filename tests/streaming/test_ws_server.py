@@ -46,16 +46,16 @@ async def send_pcm(ws, samples: np.ndarray, frame_ms: int = 100, rate: int = 160
         await ws.send(pcm[i : i + step])
 
 
-async def recv_json(ws, timeout=10_000 * MS):
-    async with asyncio.timeout(timeout):
+async def recv_json(ws, within_s=10_000 * MS):
+    async with asyncio.timeout(within_s):
         return json.loads(await ws.recv())
 
 
-async def until(ws, kind, timeout=20_000 * MS):
+async def until(ws, kind, within_s=20_000 * MS):
     """Reads events until one of type `kind`; returns all read, that one last."""
     seen = []
     while True:
-        seen.append(await recv_json(ws, timeout))
+        seen.append(await recv_json(ws, within_s))
         if seen[-1]["type"] == kind:
             return seen
 
@@ -155,19 +155,21 @@ async def test_an_unservable_session_start_is_fatal_with_close_4001(whisper, sta
 async def test_query_parameters_configure_the_session(whisper, corpus):
     """?sample_rate=8000&language=en works like a session.start."""
     speech = corpus[7].samples()[::2]  # 8 kHz by decimation is enough for this check
-    async with running(whisper) as (_, url):
-        async with connect(url + "/v1/stream?sample_rate=8000&language=en") as ws:
-            created = await recv_json(ws)
-            assert created["sample_rate"] == 8000 and created["config"]["language"] == "en"
-            await send_pcm(ws, speech, rate=8000)
-            await ws.send(json.dumps({"type": "input.end"}))
-            events = await until(ws, "session.closed")
+    async with (
+        running(whisper) as (_, url),
+        connect(url + "/v1/stream?sample_rate=8000&language=en") as ws,
+    ):
+        created = await recv_json(ws)
+        assert created["sample_rate"] == 8000 and created["config"]["language"] == "en"
+        await send_pcm(ws, speech, rate=8000)
+        await ws.send(json.dumps({"type": "input.end"}))
+        events = await until(ws, "session.closed")
     assert "forward" in " ".join(e["text"] for e in events if e["type"] == "transcript.final")
 
 
 async def test_an_oversized_message_closes_only_that_connection(whisper):
     """A message above max_size is closed with 1009; the server keeps serving others."""
-    async with running(whisper, max_message_bytes=64_000) as (server, url):
+    async with running(whisper, max_message_bytes=64_000) as (_server, url):
         async with connect(url + "/v1/stream") as ws:
             await recv_json(ws)
             await ws.send(b"\x00" * 100_000)
@@ -201,8 +203,13 @@ async def test_a_full_server_refuses_with_server_full_and_1013(whisper):
                 holder = await connect(url2 + "/v1/stream")
                 await recv_json(holder)
                 try:
-                    await stream_samples(url2, int16(silence(0.5)), 16000, SessionSettings(),
-                                         PaceOptions(realtime=False))
+                    await stream_samples(
+                        url2,
+                        int16(silence(0.5)),
+                        16000,
+                        SessionSettings(),
+                        PaceOptions(realtime=False),
+                    )
                 finally:
                     await holder.close()
 
@@ -240,7 +247,7 @@ async def test_shutdown_finalizes_open_sessions(whisper, corpus):
         with pytest.raises(ConnectionClosed):
             await recv_json(ws)
         assert ws.close_code == 1001
-    final = [e for e in events if e["type"] == "transcript.final"][0]
+    final = next(e for e in events if e["type"] == "transcript.final")
     assert final["reason"] == "end" and "john" in final["text"].lower()
     assert events[-1]["reason"] == "server_shutdown"
 
@@ -250,7 +257,7 @@ async def test_an_idle_session_is_finalized_and_closed(whisper, corpus):
     async with running(whisper, idle_timeout_s=1.0) as (_, url), connect(url + "/v1/stream") as ws:
         await recv_json(ws)
         await send_pcm(ws, corpus[7].samples()[:32000])
-        events = await until(ws, "session.closed", timeout=15_000 * MS)
+        events = await until(ws, "session.closed", within_s=15_000 * MS)
         with pytest.raises(ConnectionClosed):
             await recv_json(ws)
         assert ws.close_code == 4005
