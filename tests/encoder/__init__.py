@@ -1,0 +1,1 @@
+"""Tests of the Qwen3-ASR front end, audio encoder and checkpoint loading."""
