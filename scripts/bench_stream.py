@@ -125,6 +125,9 @@ async def stream(
         if finalize_at_s is not None and "finalize" not in marks and sent_s >= finalize_at_s:
             marks["finalize"] = time.monotonic() - t0
             await client.finalize()
+    if finalize_at_s is not None and "finalize" not in marks:  # released at the very end
+        marks["finalize"] = time.monotonic() - t0
+        await client.finalize()
     if end:
         await client.end()
     await receiver

@@ -89,3 +89,23 @@ def test_serve_answers_health_and_streams_then_stops_on_sigterm(tmp_path):
         finally:
             server.kill()
     assert "shutting down" in (tmp_path / "serve.log").read_text()
+
+
+def test_transcribe_reads_flac_at_44k_stereo_and_saves_subtitles(tmp_path):
+    """A 44.1 kHz stereo FLAC is sent as-is (server resamples, downmixes) and saved as WebVTT."""
+    import numpy as np
+    import soundfile
+    import soxr
+    import webvtt
+
+    from tests.conftest import read_wav
+
+    mono, _ = read_wav(DATA_DIR / "goforward.wav")
+    stereo = np.stack([soxr.resample(mono, 16000, 44100)] * 2, axis=1)
+    soundfile.write(tmp_path / "speech.flac", stereo, 44100, subtype="PCM_16")
+    out = tmp_path / "speech.vtt"
+    result = run("transcribe", str(tmp_path / "speech.flac"), "--fast", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "forward" in result.stdout.lower()
+    captions = webvtt.read(str(out))
+    assert "forward" in " ".join(c.text for c in captions).lower()
