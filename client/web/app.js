@@ -226,8 +226,9 @@ function onEvent(event) {
       break;
     case 'error':
       app.lastError = event;
+      // non-fatal: the server rejected one setting or frame and goes on; say which
       if (event.fatal) notify(`The server ended the session: ${event.message}`);
-      else console.warn('server error', event);
+      else notify(`The server rejected a request: ${event.message}`, 'info');
       break;
     case 'session.closed':
       if (app.stopWaiter) app.stopWaiter();

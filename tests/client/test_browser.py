@@ -149,3 +149,17 @@ async def test_a_full_server_is_reported_and_the_page_gets_in_when_a_slot_frees(
             await page.wait_for_function(
                 "window.captionsApp.state === 'live'", timeout=20_000 * PW_MS
             )
+
+
+async def test_a_language_the_model_lacks_is_explained(whisper, corpus, tmp_path):
+    """Choosing German on the English-only model shows why, and captions go on in English."""
+    wav = write_wav(tmp_path / "speech.wav", padded(corpus[7].samples()))
+    async with running_server(whisper) as server, chromium(wav) as page:
+        await page.goto(f"http://127.0.0.1:{server.port}/")
+        await page.fill("#language", "de")
+        await page.click("#start")
+        await page.wait_for_function(
+            "document.querySelector('#notice').textContent.includes('cannot transcribe')",
+            timeout=20_000 * PW_MS,
+        )
+        assert await page.evaluate("window.captionsApp.state") == "live"
