@@ -3,6 +3,7 @@
     asr-stream serve [--model tiny.en|base|DIR] [--port 8765] ...
     asr-stream transcribe FILE [--url ws://HOST:PORT] [--fast] [--output out.srt]
     asr-stream mic [--url ws://HOST:PORT] [--device NAME] [--output out.vtt]
+    asr-stream mqtt --broker mqtt://HOST:PORT [--worker-id ID] (see docs/mqtt.md)
 
 Heavy modules are imported inside each subcommand so `--help` stays instant.
 """
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from streaming import mqtt_cli
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     mic.add_argument("--samplerate", type=int, help="capture rate (default: the device's own)")
     _add_session_options(mic)
     _add_output_options(mic)
+
+    mqtt = commands.add_parser("mqtt", help="transcribe call-center audio taps over MQTT")
+    mqtt_cli.add_arguments(mqtt)
     return parser
 
 
@@ -117,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return _transcribe(args)
     if args.command == "mic":
         return _mic(args)
+    if args.command == "mqtt":
+        return mqtt_cli.run(args)
     raise AssertionError(args.command)
 
 

@@ -63,7 +63,7 @@ class ProtocolError(StreamingError):
 class AudioFormatError(ProtocolError):
     """An audio frame that does not match the announced format; the frame is rejected."""
 
-    code = "invalid_audio"
+    code = "invalid_audio_frame"
 
 
 class ConfigError(StreamingError):

@@ -24,13 +24,17 @@ REQUIRED = {
 }
 
 
-def check_events(events: Sequence[dict[str, Any]], *, input_ended: bool = False) -> list[str]:
+def check_events(
+    events: Sequence[dict[str, Any]], *, input_ended: bool = False, allow_seq_gaps: bool = False
+) -> list[str]:
     """Returns the protocol violations in `events` (everything one session sent, in order).
 
     Args:
         events: the decoded JSON events.
         input_ended: the client sent `input.end` on a healthy session, so the log must end
             with the finals of all segments and `session.closed`.
+        allow_seq_gaps: `seq` must only increase, not by exactly one: for transports that may
+            lose events on purpose (MQTT publishes partials and acks at QoS 0).
     """
     problems: list[str] = []
     if not events:
@@ -49,8 +53,11 @@ def check_events(events: Sequence[dict[str, Any]], *, input_ended: bool = False)
         for key in ("type", "session_id", "seq", "audio_ms"):
             if key not in event:
                 problems.append(f"{where} lacks {key!r}")
-        if event.get("seq") != i + 1:
-            problems.append(f"{where} has seq {event.get('seq')}, expected {i + 1}")
+        seq, previous_seq = event.get("seq", 0), events[i - 1].get("seq", 0) if i else 0
+        if allow_seq_gaps and seq <= previous_seq:
+            problems.append(f"{where} has seq {seq}, not above {previous_seq}")
+        elif not allow_seq_gaps and seq != i + 1:
+            problems.append(f"{where} has seq {seq}, expected {i + 1}")
         if event.get("session_id") != session_id:
             problems.append(f"{where} has another session_id")
         for key in REQUIRED.get(str(kind), ()):

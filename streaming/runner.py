@@ -54,6 +54,11 @@ class SessionRunner:
         if self.session.finished and self._decoding is None:
             self._finished.set()
 
+    @property
+    def finished(self) -> bool:
+        """The session has closed or failed and no decode is running for it."""
+        return self._finished.is_set()
+
     async def wait_finished(self) -> None:
         """Waits until the session has closed or failed and no decode is running.
 
@@ -63,10 +68,11 @@ class SessionRunner:
         await self._finished.wait()
 
     def abandon(self) -> None:
-        """The client is gone: stop decoding for it."""
+        """The client is gone: stop decoding for it. The runner then counts as finished."""
         if self._decoding is not None:
             self._decoding.cancel()
             self._decoding = None
+        self._finished.set()
 
     async def _decode(self, request: DecodeRequest) -> None:
         try:

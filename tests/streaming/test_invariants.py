@@ -66,3 +66,13 @@ def test_an_unfinished_segment_fails_when_input_ended():
     """A log that ends without the open segment's final breaks the input.end guarantee."""
     events = good_log()[:4]
     assert any("never got its final" in p for p in check_events(events, input_ended=True))
+
+
+def test_seq_gaps_are_allowed_only_when_asked_and_order_still_counts():
+    """With allow_seq_gaps a skipped seq passes, but a repeated or falling seq does not."""
+    events = good_log()
+    del events[4]  # a lost audio.ack (QoS 0 over MQTT)
+    assert any("seq" in p for p in check_events(events, input_ended=True))
+    assert check_events(events, input_ended=True, allow_seq_gaps=True) == []
+    events[3]["seq"] = 2
+    assert any("not above" in p for p in check_events(events, allow_seq_gaps=True))
