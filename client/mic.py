@@ -152,9 +152,7 @@ async def run_microphone(
     """
     loop = asyncio.get_running_loop()
     bytes_per_second = source.sample_rate * source.channels * 2
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(
-        maxsize=max(1, int(MAX_QUEUED_S / BLOCK_S))
-    )
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max(1, int(MAX_QUEUED_S / BLOCK_S)))
     result = MicResult(finals=[], dropped_ms=0, overflows=0, closed=False)
     reported_ms = 0  # dropped audio already reported to the user
 

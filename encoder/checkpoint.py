@@ -196,6 +196,39 @@ class Checkpoint:
                 raise CheckpointError(f"{path}: cannot read tensor data ({exc})") from exc
         return result
 
+    def check_fits(
+        self, expected: dict[str, tuple[int, ...]], unexpected: list[str], what: str
+    ) -> None:
+        """Checks that the stored tensors are exactly the `expected` names and shapes.
+
+        Args:
+            expected: canonical name -> shape the model needs.
+            unexpected: stored names of the model's part that it does not need.
+            what: the part and its size, for the message ("LLM weights ... (28 layers)").
+
+        Raises:
+            CheckpointError: naming the missing, unexpected and mis-shaped tensors.
+        """
+        missing = [name for name in expected if not self.has(name)]
+        misshaped = [
+            f"{name} {list(self.shape(name))} (expected {list(shape)})"
+            for name, shape in expected.items()
+            if self.has(name) and self.shape(name) != shape
+        ]
+        problems = [
+            f"{label} {_listing(items)}"
+            for label, items in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("wrong shape:", misshaped),
+            )
+            if items
+        ]
+        if problems:
+            raise CheckpointError(
+                f"{self.directory}: {what} do not fit config.json: " + "; ".join(problems)
+            )
+
     def encoder_config(self, *, window_seconds: int | None = None) -> EncoderConfig:
         """The encoder shape from config.json.
 
@@ -283,27 +316,12 @@ def load_audio_encoder(
     names = encoder_parameter_names(encoder)
     expected = {names[key]: tuple(value.shape) for key, value in encoder.state_dict().items()}
 
-    missing = [name for name in expected if not checkpoint.has(name)]
     unexpected = [n for n in checkpoint.names if n.startswith("audio_tower.") and n not in expected]
-    misshaped = [
-        f"{name} {list(checkpoint.shape(name))} (expected {list(shape)})"
-        for name, shape in expected.items()
-        if checkpoint.has(name) and checkpoint.shape(name) != shape
-    ]
-    if missing or unexpected or misshaped:
-        problems = [
-            f"{label} {_listing(items)}"
-            for label, items in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("wrong shape:", misshaped),
-            )
-            if items
-        ]
-        raise CheckpointError(
-            f"{checkpoint.directory}: audio encoder weights do not fit config.json "
-            f"({config.num_layers} layers, d_model {config.d_model}): " + "; ".join(problems)
-        )
+    checkpoint.check_fits(
+        expected,
+        unexpected,
+        f"audio encoder weights ({config.num_layers} layers, d_model {config.d_model})",
+    )
 
     loaded = checkpoint.tensors(expected, dtype=dtype, device=device)
     encoder.load_state_dict({key: loaded[names[key]] for key in names}, assign=True)

@@ -2,6 +2,7 @@
 
     asr-stream serve [--model tiny.en|base|DIR] [--port 8765] ...
     asr-stream transcribe FILE [--url ws://HOST:PORT] [--fast] [--output out.srt]
+    asr-stream transcribe FILE --offline [--model DIR]   (whole file at once, no server)
     asr-stream mic [--url ws://HOST:PORT] [--device NAME] [--output out.vtt]
     asr-stream mqtt --broker mqtt://HOST:PORT [--worker-id ID] (see docs/mqtt.md)
 
@@ -20,16 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from streaming import mqtt_cli
-
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default="tiny.en",
-        help="tiny.en (default, embedded), base (embedded, multilingual), "
-        "or the path of a local model directory",
-    )
-    parser.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+from streaming.model_options import add_model_arguments, load_from_arguments
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the WebSocket service")
-    _add_model_options(serve)
+    add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface (0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--max-sessions", type=int, default=8)
@@ -83,12 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument(
         "--url", help="a running server (ws://HOST:PORT); without it, one runs in this process"
     )
-    _add_model_options(transcribe)
+    add_model_arguments(transcribe)
     _add_session_options(transcribe)
     pace = transcribe.add_mutually_exclusive_group()
     pace.add_argument("--realtime", action="store_true", help="send at real-time pace (default)")
     pace.add_argument("--fast", action="store_true", help="send as fast as the server keeps up")
     transcribe.add_argument("--frame-ms", type=int, default=100, help="audio per frame (ms)")
+    transcribe.add_argument(
+        "--offline",
+        action="store_true",
+        help="no streaming: decode the whole file at once with --model, print the text",
+    )
     transcribe.add_argument(
         "--format", choices=("text", "json"), default="text", help="text: finals; json: events"
     )
@@ -128,11 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from streaming.models import ModelNotFoundError, load_recognizer
+    from streaming.models import ModelNotFoundError
 
     try:
-        return load_recognizer(args.model, threads=args.threads, device=args.device)
-    except ModelNotFoundError as exc:
+        return load_from_arguments(args)
+    except (ModelNotFoundError, ValueError) as exc:
         print(f"asr-stream: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -202,6 +199,8 @@ def _writer(args: argparse.Namespace) -> Any:
 
 
 def _transcribe(args: argparse.Namespace) -> int:
+    if args.offline:
+        return _transcribe_offline(args)
     from client.captions import TerminalCaptions
     from client.connection import ServiceError
     from client.file_streamer import PaceOptions, stream_file
@@ -245,6 +244,42 @@ def _transcribe(args: argparse.Namespace) -> int:
     finally:
         if captions is not None:
             captions.close()
+        if writer is not None:
+            writer.close()
+    return 0
+
+
+def _transcribe_offline(args: argparse.Namespace) -> int:
+    """The whole file through the recognizer at once (decoder.offline), no server."""
+    from decoder.offline import read_audio, transcribe_file
+    from streaming.languages import normalize_language
+
+    try:
+        language = normalize_language(args.language)
+        samples = read_audio(args.file)
+    except ValueError as exc:
+        print(f"asr-stream: {exc}", file=sys.stderr)
+        return 1
+    writer = _writer(args)
+    recognizer = _load(args)
+    try:
+        pieces = transcribe_file(
+            recognizer, samples, language=language, context=args.context, hotwords=args.hotword
+        )
+        for i, piece in enumerate(pieces):
+            final = {
+                "type": "transcript.final",
+                "segment_id": i,
+                "text": piece.text,
+                "language": piece.language,
+                "start_ms": piece.start_ms,
+                "end_ms": piece.end_ms,
+            }
+            print(json.dumps(final, ensure_ascii=False) if args.format == "json" else piece.text)
+            if writer is not None:
+                writer.write(final)
+    finally:
+        recognizer.close()
         if writer is not None:
             writer.close()
     return 0

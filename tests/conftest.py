@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
 
 # Every timeout in the tests is a multiple of MS, so a slow machine can scale them all at once
 # (ASR_TESTS_TIMEOUT_FACTOR=3 bash scripts/test.sh).
@@ -54,3 +59,31 @@ def load_corpus() -> list[Utterance]:
 @pytest.fixture(scope="session")
 def corpus() -> list[Utterance]:
     return load_corpus()
+
+
+@pytest.fixture(scope="session")
+def tiny_script() -> ModuleType:
+    """scripts/make_tiny_checkpoint.py, imported as a module."""
+    spec = importlib.util.spec_from_file_location(
+        "make_tiny_checkpoint", SCRIPTS / "make_tiny_checkpoint.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, tiny_script: ModuleType
+) -> Callable[..., pathlib.Path]:
+    """Writes (once per set of arguments) a tiny Qwen3-ASR checkpoint; returns its directory."""
+    made: dict[tuple[tuple[str, Any], ...], pathlib.Path] = {}
+
+    def make(**kwargs: Any) -> pathlib.Path:
+        key = tuple(sorted(kwargs.items()))
+        if key not in made:
+            made[key] = tiny_script.make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), **kwargs)
+        return made[key]
+
+    return make

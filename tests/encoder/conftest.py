@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -14,37 +11,7 @@ import torch
 
 from encoder.features import SAMPLE_RATE, log_mel
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 LONGEST_SECONDS = 40.0  # longest audio the streaming tests use
-
-
-@pytest.fixture(scope="session")
-def tiny_script() -> ModuleType:
-    """scripts/make_tiny_checkpoint.py, imported as a module."""
-    spec = importlib.util.spec_from_file_location(
-        "make_tiny_checkpoint", SCRIPTS / "make_tiny_checkpoint.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def make_checkpoint(
-    tmp_path_factory: pytest.TempPathFactory, tiny_script: ModuleType
-) -> Callable[..., Path]:
-    """Writes (once per set of arguments) a tiny checkpoint and returns its directory."""
-    made: dict[tuple[tuple[str, Any], ...], Path] = {}
-
-    def make(**kwargs: Any) -> Path:
-        key = tuple(sorted(kwargs.items()))
-        if key not in made:
-            out = tmp_path_factory.mktemp("tiny")
-            made[key] = tiny_script.make_tiny_checkpoint(out, **kwargs)
-        return made[key]
-
-    return make
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,209 @@
+"""Greedy decoding over an explicit KV cache: prefill, token generator, draft verification.
+
+- `prefill` runs a prompt piece through the decoder in bounded chunks and computes logits only
+  for the last positions asked for.
+- `greedy` is a generator that yields greedy tokens one at a time, feeding each back.
+- `decode` continues a prompt: it prefills the new prompt tokens *and a draft* (normally the
+  continuation the previous streaming step produced) in one pass, keeps the longest draft prefix
+  that greedy decoding would have produced itself (the argmax at each draft position equals the
+  next draft token), rolls the cache back past the rest, and generates from there. The result is
+  exactly the greedy continuation; a good draft only makes it cheaper, because verifying k draft
+  tokens costs one k-token prefill (the weights are read once) instead of k sequential steps.
+- `repetition_start` detects a decoding loop at the end of a token sequence.
+
+Shape legend: T tokens; D hidden; V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from decoder.kv_cache import KVCache
+from decoder.model import QwenDecoder
+
+PREFILL_CHUNK = 256  # tokens per prefill pass: bounds the (T, S) attention scores of long audio
+LOOP_MAX_PERIOD = 16  # longest token pattern checked for a loop
+LOOP_MIN_REPEATS = 4  # copies in a row that make a loop ...
+LOOP_MIN_TOKENS = 12  # ... when they span at least this many tokens ("no no no no" is speech)
+
+
+@torch.no_grad()
+def prefill(
+    decoder: QwenDecoder,
+    cache: KVCache,
+    x: torch.Tensor,
+    *,
+    num_logits: int = 1,
+    chunk: int = PREFILL_CHUNK,
+) -> torch.Tensor:
+    """Appends prompt positions to the cache and returns the logits of the last ones.
+
+    Args:
+        decoder: the decoder.
+        cache: the sequence's cache; advanced by T.
+        x: (1, T, D) embeddings.
+        num_logits: how many of the last positions need logits (0: none).
+        chunk: positions per decoder call (the last call holds all positions that need logits).
+
+    Returns:
+        (num_logits, V) logits.
+    """
+    count = x.shape[1]
+    if not 0 <= num_logits <= count:
+        raise ValueError(f"num_logits must be in 0..{count}, got {num_logits}")
+    body = count - max(num_logits, 1) if count else 0
+    for start in range(0, body, chunk):
+        decoder(x[:, start : min(start + chunk, body)], cache, num_logits=0)
+    if count == 0:
+        return x.new_zeros(0, decoder.config.vocab_size)
+    return decoder(x[:, body:], cache, num_logits=num_logits)[0]
+
+
+def repetition_start(
+    tokens: Sequence[int],
+    *,
+    max_period: int = LOOP_MAX_PERIOD,
+    min_repeats: int = LOOP_MIN_REPEATS,
+    min_tokens: int = LOOP_MIN_TOKENS,
+) -> tuple[int, int] | None:
+    """Finds a loop that ends the sequence: a pattern repeated back to back up to the last token.
+
+    Returns:
+        (start, period): the run of copies begins at `start`; keeping `tokens[:start + period]`
+        keeps one copy. None when the end of the sequence is not a loop.
+    """
+    n = len(tokens)
+    for period in range(1, max_period + 1):
+        copies = max(min_repeats, -(-min_tokens // period))
+        if n < period * copies:
+            break
+        tail = tokens[n - period :]
+        start = n - period
+        while start - period >= 0 and list(tokens[start - period : start]) == list(tail):
+            start -= period
+        if (n - start) // period >= copies:
+            return start, period
+    return None
+
+
+@dataclass
+class Generated:
+    """Tokens produced by `decode`, with the bookkeeping a caller may report."""
+
+    tokens: list[int] = field(default_factory=list)
+    # logits (V,) each token was chosen from, when asked for
+    logits: list[torch.Tensor] = field(default_factory=list)
+    stop: str = "limit"  # "eos", "limit" or "loop"
+    draft_accepted: int = 0  # tokens taken from the draft
+    prefilled: int = 0  # positions prefilled (prompt + draft)
+    decoded: int = 0  # sequential one-token decoder calls
+
+
+def greedy(
+    decoder: QwenDecoder, cache: KVCache, logits: torch.Tensor, *, max_new: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yields (token, logits it was chosen from) greedily, up to `max_new` tokens.
+
+    Each token is fed back into the decoder (and its KV appended to the cache) only when the
+    next one is asked for, so a caller that stops early never pays for an unused step.
+
+    Args:
+        decoder: the decoder.
+        cache: the cache holding the prompt (and what was generated so far).
+        logits: (V,) logits at the last position of the cache.
+        max_new: tokens to yield at most.
+    """
+    for produced in range(max_new):
+        token = int(logits.argmax())
+        yield token, logits
+        if produced + 1 < max_new:
+            logits = decoder(decoder.embed([token]), cache, num_logits=1)[0, -1]
+
+
+@torch.no_grad()
+def decode(
+    decoder: QwenDecoder,
+    cache: KVCache,
+    x: torch.Tensor,
+    *,
+    max_new: int,
+    stop_ids: frozenset[int],
+    draft: Sequence[int] = (),
+    history: Sequence[int] = (),
+    loop_guard: bool = True,
+    keep_logits: bool = False,
+) -> Generated:
+    """Prefills `x` (and a draft) and continues greedily.
+
+    Args:
+        decoder: the decoder.
+        cache: the cache up to the position before `x`; it ends holding the prompt and the
+            accepted tokens (past the end is scratch).
+        x: (1, T, D) embeddings of the prompt positions to add (T >= 1).
+        max_new: tokens to produce at most (draft tokens included).
+        stop_ids: tokens that end the answer (kept as the last token).
+        draft: tokens expected to follow; each is kept only if greedy decoding agrees.
+        history: tokens of the answer before `x`'s end (the forced prefix), for loop detection.
+        loop_guard: stop at a loop (`repetition_start`) and keep one copy of the pattern.
+        keep_logits: keep each produced token's logits (tests, error measurements).
+
+    Returns:
+        The produced tokens and bookkeeping.
+    """
+    out = Generated()
+    if max_new <= 0:
+        prefill(decoder, cache, x, num_logits=0)
+        out.prefilled = x.shape[1]
+        return out
+    draft = list(draft)[:max_new]
+    if draft:
+        x = torch.cat([x, decoder.embed(draft)], dim=1)
+    before = cache.position
+    logits = prefill(decoder, cache, x, num_logits=len(draft) + 1)  # (k+1, V)
+    out.prefilled = x.shape[1]
+    predicted = logits.argmax(-1).tolist()
+    accepted = 0
+    while accepted < len(draft) and predicted[accepted] == draft[accepted]:
+        out.tokens.append(draft[accepted])
+        if keep_logits:
+            out.logits.append(logits[accepted])
+        accepted += 1
+        if draft[accepted - 1] in stop_ids:
+            out.stop = "eos"
+            break
+        if loop_guard and _trim_loop(out, history):
+            break
+    out.draft_accepted = accepted
+    # the rejected draft positions become scratch
+    cache.truncate(before + x.shape[1] - (len(draft) - accepted))
+    if out.stop == "eos" or out.stop == "loop" or len(out.tokens) >= max_new:
+        return out
+    steps = greedy(decoder, cache, logits[accepted], max_new=max_new - len(out.tokens))
+    for index, (token, token_logits) in enumerate(steps):
+        out.decoded += index > 0  # the first token comes from the prefill's logits
+        out.tokens.append(token)
+        if keep_logits:
+            out.logits.append(token_logits)
+        if token in stop_ids:
+            out.stop = "eos"
+            break
+        if loop_guard and _trim_loop(out, history):
+            break
+    return out
+
+
+def _trim_loop(out: Generated, history: Sequence[int]) -> bool:
+    """Cuts `out.tokens` back to one copy of a loop that ends them; True if there was one."""
+    sequence = [*history, *out.tokens]
+    found = repetition_start(sequence)
+    if found is None:
+        return False
+    start, period = found
+    keep = max(start + period - len(history), 0)
+    del out.tokens[keep:]
+    del out.logits[keep:]
+    out.stop = "loop"
+    return True

@@ -1,0 +1,58 @@
+"""The `--model ...` command-line options shared by `serve`, `transcribe`, `mic` and `mqtt`.
+
+Kept apart from streaming.models so that building the parser (and `--help`) imports no model
+library.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streaming.recognizer import Recognizer
+
+QWEN_DTYPES = ("float32", "bfloat16", "int8")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
+    """Adds --model, --threads, --device, --dtype and --window-s to a parser or group."""
+    parser.add_argument(
+        "--model",
+        default="tiny.en",
+        help="tiny.en (default, embedded), base (embedded, multilingual), the path of a local "
+        "model directory (CTranslate2 Whisper or Qwen3-ASR checkpoint), or a Qwen3-ASR "
+        "repository name already in the local Hugging Face cache",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument(
+        "--dtype",
+        choices=QWEN_DTYPES,
+        help="Qwen3-ASR weights: int8 (default on cpu), bfloat16 (default on cuda), float32",
+    )
+    parser.add_argument(
+        "--window-s",
+        type=int,
+        choices=range(1, 9),
+        metavar="1..8",
+        help="Qwen3-ASR encoder window in seconds (default 4; the checkpoints' own is 8)",
+    )
+
+
+def load_from_arguments(args: argparse.Namespace) -> Recognizer:
+    """The recognizer the parsed options name.
+
+    Raises:
+        streaming.models.ModelNotFoundError: the model is not on this machine or not usable.
+        ValueError: an option value the model cannot take.
+    """
+    from streaming.models import load_recognizer
+
+    return load_recognizer(
+        args.model,
+        threads=args.threads,
+        device=args.device,
+        dtype=args.dtype,
+        window_s=args.window_s,
+    )
