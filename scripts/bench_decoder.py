@@ -57,8 +57,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers.trainers import BpeTrainer
+from make_tiny_checkpoint import train_byte_level_bpe  # scripts/ is on sys.path
+from tokenizers import AddedToken, Tokenizer
 
 from decoder.config import QWEN3_0_6B
 from decoder.generate import decode, prefill
@@ -67,7 +67,7 @@ from decoder.model import QwenDecoder
 from decoder.prompt import LANGUAGE_NAMES, build_prompt, language_prefill
 from decoder.recognizer import QwenOptions, QwenRecognizer, QwenSegmentState
 from decoder.stream import append_stable, continue_stream, open_stream
-from decoder.tokenizer import QWEN2_SPLIT, QwenTokenizer
+from decoder.tokenizer import QwenTokenizer
 from encoder.config import QWEN3_ASR_0_6B, TOKENS_PER_CHUNK
 from encoder.model import AudioEncoder
 from streaming.recognizer import DecodeRequest, Word
@@ -115,20 +115,8 @@ def speech(seconds: float, pool: np.ndarray) -> np.ndarray:
 
 def bench_tokenizer(words: list[str]) -> QwenTokenizer:
     """A Qwen2-style BPE trained on the transcripts, padded to 151643 entries, real specials."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(
-        vocab_size=3000, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
     text = " ".join(words) + " language English<asr_text>"
-    tokenizer.train_from_iterator([text] * 8, trainer=trainer)
+    tokenizer = train_byte_level_bpe([text] * 8, 3000)
     data = json.loads(tokenizer.to_str())
     vocab: dict[str, int] = data["model"]["vocab"]
     letters = "abcdefghijklmnopqrstuvwxyz"

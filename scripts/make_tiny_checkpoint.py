@@ -335,8 +335,8 @@ def _preprocessor_config(layout: Layout) -> dict[str, Any]:
     }
 
 
-def _write_tokenizer(out: Path) -> None:
-    """Trains a 48-merge byte-level BPE and writes it in both the slow and the fast form."""
+def train_byte_level_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
+    """A Qwen2-style byte-level BPE (NFC, Qwen2 split pattern) trained on `texts`."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
@@ -347,11 +347,17 @@ def _write_tokenizer(out: Path) -> None:
     )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(
-        vocab_size=256 + NUM_MERGES,
+        vocab_size=vocab_size,
         show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator([_TRAINING_TEXT] * 4, trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return tokenizer
+
+
+def _write_tokenizer(out: Path) -> None:
+    """Trains a 48-merge byte-level BPE and writes it in both the slow and the fast form."""
+    tokenizer = train_byte_level_bpe([_TRAINING_TEXT] * 4, 256 + NUM_MERGES)
     assert tokenizer.get_vocab_size() == 256 + NUM_MERGES, tokenizer.get_vocab_size()
     for token, special in SPECIAL_TOKENS:
         added = AddedToken(token, special=special, normalized=False)
