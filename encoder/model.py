@@ -222,6 +222,7 @@ class AudioEncoder(nn.Module):
         for item, item_counts in enumerate(counts):
             if not item_counts:
                 continue
+            assert tokens is not None  # some item has chunks, so they were embedded
             item_tokens = _valid_tokens(tokens[offset : offset + len(item_counts)], item_counts)
             offset += len(item_counts)
             pieces = item_tokens.split(self.config.window_tokens)
@@ -328,14 +329,19 @@ class AudioEncoder(nn.Module):
         for (_, counts), state in zip(chunk_lists, states, strict=True):
             full = sum(1 for n in counts if n == CHUNK_FRAMES)
             rest = counts[-1] if counts and counts[-1] < CHUNK_FRAMES else 0
-            new = tokens[offset : offset + len(counts)] if counts else None
+            # tokens is None only when no stream had a chunk
+            new = tokens[offset : offset + len(counts)] if tokens is not None else None
             offset += len(counts)
             complete = state.chunk_tokens
             if full:
+                assert new is not None
                 complete = torch.cat([complete, new[:full].flatten(0, 1)])  # (N, D)
             done = complete.shape[0] // self.config.window_tokens
             carried = complete[done * self.config.window_tokens :]
-            partial_tokens = _valid_tokens(new[full:], counts[full:]) if rest else carried[:0]
+            partial_tokens = carried[:0]
+            if rest:
+                assert new is not None
+                partial_tokens = _valid_tokens(new[full:], counts[full:])
             if done:
                 windows.extend(
                     complete[: done * self.config.window_tokens].split(self.config.window_tokens)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import math
 import resource
@@ -53,7 +54,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -144,7 +145,10 @@ def bench_tokenizer(words: list[str]) -> QwenTokenizer:
     return QwenTokenizer(tokenizer)
 
 
-def randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def randomize(module: ModuleT, seed: int) -> ModuleT:
     """O(1) activations: matrices N(0, 1/fan_in), norm scales ~1, biases ~0."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -308,13 +312,13 @@ def our_step_cycle(
                                    loop_guard=False, draft=draft or ())  # fmt: skip
 
         rows["decoder"].append(timed(step, repeats))
-        rows["prefill"].append(timed(lambda step=step: step(new=1), repeats))
+        rows["prefill"].append(timed(functools.partial(step, new=1), repeats))
         # the best case: the previous step's 8 tokens all verified in the prefill. Costed as the
         # prefill with those 8 positions appended, because with random weights (near-tied
         # logits) and int8's per-batch activation scales the argmax may not confirm them
         own = step().tokens
         drafted = [*tail, *own]
-        rows["drafted"].append(timed(lambda step=step, t=drafted: step(tail=t, new=1), repeats))
+        rows["drafted"].append(timed(functools.partial(step, tail=drafted, new=1), repeats))
         rows["accepted"].append(step(draft=own).draft_accepted)
         rows["tokens"].append(new_stable + open_tokens + len(tail))
         rows["kv"].append(stream.cache.position + new_stable + open_tokens + len(tail) + 8)
@@ -365,7 +369,7 @@ def stream_rtf(
     model: QwenModel, seconds: float, segment_s: int, pool: np.ndarray, words: list[str]
 ) -> dict[str, float]:
     """Drives QwenRecognizer like the session over `seconds` of speech; returns RTF and more."""
-    options = QwenOptions(mode=model.mode, window_s=model.encoder.config.window_seconds,  # type: ignore[arg-type]
+    options = QwenOptions(mode=model.mode, window_s=model.encoder.config.window_seconds,
                           max_step_tokens=STEP_TOKENS, step_slack_tokens=STEP_TOKENS)  # fmt: skip
     recognizer = QwenRecognizer(model, "bench", options)
     audio = speech(seconds, pool)
@@ -450,7 +454,7 @@ def main() -> None:
             "| KV cache (MiB) | official: tokens | official total | ratio |"
         )
         print("|---|---|---|---|---|---|---|---|---|---|---|")
-        steps = {}
+        steps: dict[int, dict[str, Any]] = {}
         for position in positions:
             ours = our_step_cycle(model, position, repeats, text)
             theirs = official_step(official, position, repeats, text, pool)

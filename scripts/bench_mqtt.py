@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from streaming.invariants import check_events  # noqa: E402
-from streaming.metrics import corpus_wer  # noqa: E402
-from tests.conftest import load_corpus  # noqa: E402
+from streaming.scoring import corpus_wer  # noqa: E402
+from tests.conftest import Utterance, load_corpus  # noqa: E402
 from tests.mqtt.taps import Broker, Listener, Tap, packets, telephony  # noqa: E402
 
 FRAME_MS = 20
@@ -72,7 +72,8 @@ def plan_calls(n: int, target_s: float) -> list[dict[str, tuple[list[bytes], str
         call = {}
         for c, (channel, encoding) in enumerate(CHANNELS.items()):
             start = (2 * k + c) * 3
-            picked, total = [], LEAD_S
+            picked: list[Utterance] = []
+            total = LEAD_S
             while total < target_s:
                 utterance = corpus[(start + len(picked)) % len(corpus)]
                 picked.append(utterance)

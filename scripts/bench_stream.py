@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from client.connection import SessionSettings, StreamClient  # noqa: E402
 from streaming.invariants import check_events  # noqa: E402
-from streaming.metrics import corpus_wer, normalize, whisper_normalize  # noqa: E402
-from streaming.models import load_recognizer  # noqa: E402
+from streaming.models.loading import load_recognizer  # noqa: E402
 from streaming.recognizer import DecodeRequest, join_words  # noqa: E402
+from streaming.scoring import corpus_wer, normalize, whisper_normalize  # noqa: E402
 from tests.conftest import load_corpus  # noqa: E402
 
 LEAD_S = 0.5  # silence before each utterance, as a live microphone would have

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/system-deps.sh
 bash scripts/setup.sh --dev
 .venv/bin/python -m ruff check streaming encoder decoder client scripts tests
+.venv/bin/python -m mypy  # the packages and files are listed in pyproject.toml [tool.mypy]
 exec .venv/bin/python -m pytest "$@"

@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from streaming import mqtt_cli
-from streaming.model_options import add_model_arguments, load_from_arguments
+from streaming.models.options import add_model_arguments, load_from_arguments
+from streaming.mqtt import cli as mqtt_cli
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from streaming.models import ModelNotFoundError
+    from streaming.models.loading import ModelNotFoundError
 
     try:
         return load_from_arguments(args)
@@ -135,9 +135,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from streaming.server.websocket import ServerConfig, StreamingServer
     from streaming.session import Limits
     from streaming.vad import VadConfig
-    from streaming.ws_server import ServerConfig, StreamingServer
 
     config = ServerConfig(
         host=args.host,
@@ -226,7 +226,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                 token=args.token, insecure=args.insecure,
             )  # fmt: skip
             return
-        from streaming.ws_server import ServerConfig, StreamingServer
+        from streaming.server.websocket import ServerConfig, StreamingServer
 
         server = StreamingServer(_load(args), ServerConfig(port=0, web_root=None))
         await server.start()

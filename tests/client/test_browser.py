@@ -8,7 +8,7 @@ import json
 import pytest
 from websockets.asyncio.client import connect
 
-from streaming.metrics import corpus_wer
+from streaming.scoring import corpus_wer
 from tests.client.conftest import chromium, padded, running_server, self_signed_context, write_wav
 from tests.conftest import PW_MS
 

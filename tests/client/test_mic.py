@@ -19,7 +19,7 @@ from client.connection import ServiceError, SessionSettings
 from client.mic import MicrophoneError, SoundDeviceSource, run_microphone
 from client.transcript_files import TranscriptWriter
 from streaming.invariants import check_events
-from streaming.metrics import corpus_wer
+from streaming.scoring import corpus_wer
 from tests.client.conftest import running_server
 from tests.conftest import MS
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from decoder.loader import load_decoder, load_qwen
 from decoder.quant import Int8Linear
 from encoder.checkpoint import CheckpointError
+from encoder.model import EncoderLayer
 
 # Logits error of the cheaper modes against fp32 on the tiny model (hidden 64), as (largest,
 # mean) absolute error over the logits' standard deviation; measured 0.035 / 0.007 (bf16) and
@@ -22,7 +23,7 @@ from encoder.checkpoint import CheckpointError
 TOLERANCES = {"bfloat16": (0.1, 0.02), "int8": (0.4, 0.07)}
 
 
-def edited(directory: Path, out: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> Path:
+def edited(directory: Path, out: Path, edit: Callable[[dict[str, torch.Tensor]], object]) -> Path:
     """A copy of a single-file checkpoint with its tensors changed by `edit`."""
     shutil.copytree(directory, out)
     weights = load_file(str(out / "model.safetensors"))
@@ -58,6 +59,7 @@ def test_an_untied_head_is_read_and_a_missing_one_is_tied(
     decoder = load_decoder(directory)
     assert decoder.lm_head.weight is not decoder.embed_tokens.weight
     stored = load_file(str(directory / "model.safetensors"))["thinker.lm_head.weight"]
+    assert isinstance(decoder.lm_head, torch.nn.Linear)
     assert torch.equal(decoder.lm_head.weight, stored)
     headless = edited(directory, tmp_path / "headless", lambda w: w.pop("thinker.lm_head.weight"))
     with caplog.at_level(logging.WARNING):
@@ -127,7 +129,8 @@ def test_modes_stay_close_to_fp32(untied: Callable[[str], Path]) -> None:
     quantized = load_qwen(directory, mode="int8")
     assert isinstance(quantized.decoder.lm_head, Int8Linear)
     assert quantized.decoder.new_cache().dtype == torch.bfloat16
-    assert isinstance(quantized.encoder.layers[0].ffn.fc1, Int8Linear)
+    layer = quantized.encoder.layers[0]
+    assert isinstance(layer, EncoderLayer) and isinstance(layer.ffn.fc1, Int8Linear)
 
 
 def test_invalid_modes_are_refused(make_checkpoint: Callable[..., Path]) -> None:

@@ -168,6 +168,7 @@ def test_bad_requests_are_refused(
 def test_info_describes_the_model(recognizer: QwenRecognizer) -> None:
     """ModelInfo lists the session's language codes, estimated word times and the mode."""
     info = recognizer.info
+    assert info.languages is not None
     assert {"en", "zh", "yue", "tl"} <= info.languages and "fil" not in info.languages
     assert not info.word_timestamps and info.max_segment_s == 20.0
     assert info.details["mode"] == "float32" and info.details["window_s"] == "4"
@@ -204,6 +205,7 @@ def test_a_final_shorter_than_the_partials_covers_only_its_audio(
     short = audio[: int(end_s * STEP)]
     final = recognizer.decode([DecodeRequest(short, committed, state=state, final=True)])[0]
     assert final.words[:1] == committed
+    assert isinstance(final.state, QwenSegmentState)
     assert final.state.decoder.audio == num_tokens(len(short) // 160)  # exactly its audio
     with pytest.raises(ValueError, match="shorter than what was already decoded"):
         recognizer.decode([DecodeRequest(short, committed, state=state)])  # partials never shrink

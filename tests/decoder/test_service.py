@@ -17,8 +17,8 @@ from decoder.loader import load_qwen
 from decoder.recognizer import QwenRecognizer
 from streaming import cli
 from streaming.invariants import check_events
-from streaming.models import ModelNotFoundError, load_recognizer
-from streaming.ws_server import ServerConfig, StreamingServer
+from streaming.models.loading import ModelNotFoundError, load_recognizer
+from streaming.server.websocket import ServerConfig, StreamingServer
 from tests.conftest import DATA_DIR, MS
 
 

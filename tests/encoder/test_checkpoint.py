@@ -141,7 +141,7 @@ def test_garbage_safetensors(broken: Callable[..., Path]) -> None:
         Checkpoint(directory)
 
 
-def rewrite(directory: Path, edit: Callable[[dict[str, torch.Tensor]], None]) -> None:
+def rewrite(directory: Path, edit: Callable[[dict[str, torch.Tensor]], object]) -> None:
     """Applies `edit` to the tensors of a single-file checkpoint."""
     tensors = load_file(str(directory / SINGLE))
     edit(tensors)

@@ -33,7 +33,7 @@ def stream(
     `forward` on the frames so far, and that positions are contiguous.
     """
     state = encoder.initial_state()
-    stable = []
+    stable: list[torch.Tensor] = []
     for start in range(0, features.shape[1], step_frames):
         out, state = encoder.step(features[:, start : start + step_frames], state)
         assert out.stable_start == sum(part.shape[0] for part in stable)

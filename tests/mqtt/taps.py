@@ -24,7 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from streaming.audio import AudioFormat
-from streaming.mqtt_audio import AudioPacket
+from streaming.mqtt.audio import AudioPacket
 from tests.conftest import MS
 
 TELEPHONY_RATE = 8_000  # Hz

@@ -7,7 +7,7 @@ import pytest
 
 from streaming.audio import AudioFormat, decode_pcm
 from streaming.errors import AudioFormatError
-from streaming.mqtt_audio import (
+from streaming.mqtt.audio import (
     HEADER_BYTES,
     AudioPacket,
     Duplicate,

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaming.mqtt_bridge import MqttBridge
-from streaming.mqtt_link import BrokerConfig
+from streaming.mqtt.bridge import MqttBridge
+from streaming.mqtt.link import BrokerConfig
 from tests.conftest import MS, load_corpus
 from tests.mqtt.conftest import bridge_config, running
 from tests.mqtt.taps import Broker, Listener, Tap, packets, telephony

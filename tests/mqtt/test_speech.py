@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from streaming.invariants import check_events
-from streaming.metrics import corpus_wer
+from streaming.scoring import corpus_wer
 from streaming.worker import ModelWorker
 from tests.conftest import MS, load_corpus
 from tests.mqtt.conftest import bridge_config, running

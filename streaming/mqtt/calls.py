@@ -1,8 +1,8 @@
 """The calls one MQTT worker transcribes: one `Session` per (call, channel), fed from packets.
 
-This module knows nothing about MQTT. The bridge (`streaming.mqtt_bridge`) hands it the control
+This module knows nothing about MQTT. The bridge (`streaming.mqtt.bridge`) hands it the control
 messages and audio packets of the calls this worker owns; `CallManager` keeps one `SessionRunner`
-per channel, puts packets in order (`streaming.mqtt_audio.Sequencer`), fills missing audio with
+per channel, puts packets in order (`streaming.mqtt.audio.Sequencer`), fills missing audio with
 silence so stream positions stay aligned with the call, turns bad input into `warning` events,
 ends calls on `input.end` or after an idle timeout, and hands every event to the bridge's `emit`
 in order, tagged with the `EventStream` (session id and channel) it belongs to.
@@ -30,7 +30,7 @@ from typing import Any
 from streaming import events as ev
 from streaming.config import SessionConfig, parse_session_start, parse_session_update
 from streaming.errors import AudioFormatError, ConfigError
-from streaming.mqtt_audio import (
+from streaming.mqtt.audio import (
     AudioPacket,
     Duplicate,
     Gap,

@@ -27,8 +27,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from streaming.models.whisper import WhisperOptions, WhisperRecognizer
 from streaming.recognizer import Recognizer
-from streaming.whisper_recognizer import WhisperOptions, WhisperRecognizer
 
 DEFAULT_MODEL = "tiny.en"
 # sha256 of part1 + part2 of the Whisper base model.bin, checked once after joining

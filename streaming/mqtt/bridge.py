@@ -2,13 +2,13 @@
 
 This module orchestrates one worker: what it subscribes to, where each incoming message goes,
 and the worker's lifecycle. Audio and control messages go to the calls this worker owns
-(`streaming.mqtt_calls.CallManager`, which drives the same `Session` engine as the WebSocket
+(`streaming.mqtt.calls.CallManager`, which drives the same `Session` engine as the WebSocket
 server) or are forwarded to the call's owner, by the view of ownership kept in
-`streaming.mqtt_ownership`; events go back to the broker through the connection layer,
-`streaming.mqtt_link`.
+`streaming.mqtt.ownership`; events go back to the broker through the connection layer,
+`streaming.mqtt.link`.
 
 Topics (prefix `asr`):
-- `asr/{tenant}/{call_id}/{channel}/audio`  in: 16-byte header + audio (`streaming.mqtt_audio`)
+- `asr/{tenant}/{call_id}/{channel}/audio`  in: 16-byte header + audio (`streaming.mqtt.audio`)
 - `asr/{tenant}/{call_id}/control`          in: JSON session.start / session.update / input.end
 - `asr/{tenant}/{call_id}/events`           out: protocol v1 events, tagged with their channel
 - `asr/{tenant}/{call_id}/owner`            retained claim: which worker transcribes the call
@@ -39,9 +39,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from streaming import events as ev
-from streaming.mqtt_calls import CallKey, CallManager, CallsConfig, Outgoing
-from streaming.mqtt_link import BrokerConfig, LinkStats, MqttLink, Publication, cancel
-from streaming.mqtt_ownership import (
+from streaming.mqtt.calls import CallKey, CallManager, CallsConfig, Outgoing
+from streaming.mqtt.link import BrokerConfig, LinkStats, MqttLink, Publication, cancel
+from streaming.mqtt.ownership import (
     CallMessage,
     Ownership,
     Route,

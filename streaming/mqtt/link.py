@@ -4,7 +4,7 @@ This module knows nothing about calls, claims or events: `MqttLink` connects to 
 (`BrokerConfig`: address, TLS, credentials), keeps the connections up with a jittered
 exponential backoff (`Backoff`), hands every incoming message to a callback as it is read, and
 publishes `Publication`s from a bounded queue (`Outbox`) whose drop policy is written on the class.
-The bridge (`streaming.mqtt_bridge`) decides what is subscribed, sent and received.
+The bridge (`streaming.mqtt.bridge`) decides what is subscribed, sent and received.
 
 Connections: two MQTT v5 clients. The inbound one has a persistent session (clean_start False,
 session expiry), so messages published while this worker is away are queued by the broker and

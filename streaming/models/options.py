@@ -1,7 +1,7 @@
 """The `--model ...` command-line options shared by `serve`, `transcribe`, `mic` and `mqtt`.
 
-Kept apart from streaming.models so that building the parser (and `--help`) imports no model
-library.
+Kept apart from `streaming.models.loading` so that building the parser (and `--help`) imports
+no model library.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def load_from_arguments(args: argparse.Namespace) -> Recognizer:
         streaming.models.ModelNotFoundError: the model is not on this machine or not usable.
         ValueError: an option value the model cannot take.
     """
-    from streaming.models import load_recognizer
+    from streaming.models.loading import load_recognizer
 
     return load_recognizer(
         args.model,

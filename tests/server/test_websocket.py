@@ -16,8 +16,8 @@ from websockets.exceptions import ConnectionClosed
 from client.connection import ServiceError, SessionSettings
 from client.file_streamer import PaceOptions, stream_samples
 from streaming.invariants import check_events
-from streaming.metrics import corpus_wer
-from streaming.ws_server import ServerConfig, StreamingServer
+from streaming.scoring import corpus_wer
+from streaming.server.websocket import ServerConfig, StreamingServer
 from tests.conftest import MS
 from tests.streaming.fakes import s16, silence
 
@@ -316,7 +316,7 @@ async def test_fast_pacing_is_throttled_by_acks_and_loses_nothing(whisper, corpu
 async def test_outbox_coalesces_partials_but_keeps_finals():
     """Superseded partials and acks are dropped from a backed-up outbox; finals never are."""
     from streaming import events as ev
-    from streaming.ws_server import _Outbox
+    from streaming.server.websocket import _Outbox
 
     async def run():
         box = _Outbox(limit=5)
@@ -344,7 +344,7 @@ async def test_outbox_coalesces_partials_but_keeps_finals():
 async def test_outbox_flags_a_client_that_stopped_reading():
     """More essential events than the limit mark the outbox as overflowing."""
     from streaming import events as ev
-    from streaming.ws_server import _Outbox
+    from streaming.server.websocket import _Outbox
 
     async def run():
         box = _Outbox(limit=3)

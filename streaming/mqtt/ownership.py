@@ -1,6 +1,6 @@
 """Which worker of a group transcribes each call, as one worker sees it: claims, peers, takeover.
 
-This module does no I/O. The bridge (`streaming.mqtt_bridge`) feeds `Ownership` the retained
+This module does no I/O. The bridge (`streaming.mqtt.bridge`) feeds `Ownership` the retained
 claims (`asr/{tenant}/{call_id}/owner`) and worker statuses (`asr/_workers/{worker_id}/status`)
 it receives, asks it where each message of a call goes (`Ownership.route`), keeps the messages
 of a call in its `Pending` entry while the call's claim is in flight, and publishes the claims
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from streaming.mqtt_calls import CallKey
+from streaming.mqtt.calls import CallKey
 
 log = logging.getLogger(__name__)
 

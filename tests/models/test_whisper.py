@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.metrics import corpus_wer
+from streaming.models.whisper import _drop_unsupported, _trim_repetition
 from streaming.recognizer import DecodeRequest, Word, join_words
-from streaming.whisper_recognizer import _drop_unsupported, _trim_repetition
+from streaming.scoring import corpus_wer
 
 
 def test_offline_decodes_of_the_corpus_reach_the_reference_wer(whisper, corpus):

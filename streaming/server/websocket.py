@@ -38,6 +38,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+import client
 from streaming import events as ev
 from streaming.config import SessionConfig
 from streaming.errors import CapacityError, CloseCode, StreamingError
@@ -51,7 +52,9 @@ log = logging.getLogger(__name__)
 
 STREAM_PATH = "/v1/stream"
 HEALTH_PATH = "/health"
-WEB_ROOT = Path(__file__).resolve().parent.parent / "client" / "web"
+WEB_ROOT = (
+    Path(client.__file__).resolve().parent / "web"
+)  # the browser page, shipped as package data
 # session.closed reasons and the close code each ends with
 CLOSE_FOR_REASON = {
     "input_end": CloseCode.NORMAL,

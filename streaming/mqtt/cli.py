@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from streaming.model_options import add_model_arguments, load_from_arguments
+from streaming.models.options import add_model_arguments, load_from_arguments
 
 PASSWORD_ENV = "ASR_STREAM_MQTT_PASSWORD"  # keeps the password out of process listings
 
@@ -76,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from streaming.models import ModelNotFoundError
-    from streaming.mqtt_bridge import BridgeConfig, MqttBridge
-    from streaming.mqtt_calls import CallsConfig
-    from streaming.mqtt_link import BrokerConfig
+    from streaming.models.loading import ModelNotFoundError
+    from streaming.mqtt.bridge import BridgeConfig, MqttBridge
+    from streaming.mqtt.calls import CallsConfig
+    from streaming.mqtt.link import BrokerConfig
     from streaming.session import Limits
     from streaming.vad import VadConfig
 

