@@ -9,7 +9,8 @@
   next draft token), rolls the cache back past the rest, and generates from there. The result is
   exactly the greedy continuation; a good draft only makes it cheaper, because verifying k draft
   tokens costs one k-token prefill (the weights are read once) instead of k sequential steps.
-- `repetition_start` detects a decoding loop at the end of a token sequence.
+- A loop (`streaming.loops`) is looked for only when generation has used up its budget: a
+  pattern that repeats within a budget sized to the audio is speech, one past it is a loop.
 
 Shape legend: T tokens; D hidden; V vocabulary.
 """
@@ -23,11 +24,9 @@ import torch
 
 from decoder.kv_cache import KVCache
 from decoder.model import QwenDecoder
+from streaming.loops import without_loop
 
 PREFILL_CHUNK = 256  # tokens per prefill pass: bounds the (T, S) attention scores of long audio
-LOOP_MAX_PERIOD = 16  # longest token pattern checked for a loop
-LOOP_MIN_REPEATS = 4  # copies in a row that make a loop ...
-LOOP_MIN_TOKENS = 12  # ... when they span at least this many tokens ("no no no no" is speech)
 
 
 @torch.no_grad()
@@ -60,33 +59,6 @@ def prefill(
     if count == 0:
         return x.new_zeros(0, decoder.config.vocab_size)
     return decoder(x[:, body:], cache, num_logits=num_logits)[0]
-
-
-def repetition_start(
-    tokens: Sequence[int],
-    *,
-    max_period: int = LOOP_MAX_PERIOD,
-    min_repeats: int = LOOP_MIN_REPEATS,
-    min_tokens: int = LOOP_MIN_TOKENS,
-) -> tuple[int, int] | None:
-    """Finds a loop that ends the sequence: a pattern repeated back to back up to the last token.
-
-    Returns:
-        (start, period): the run of copies begins at `start`; keeping `tokens[:start + period]`
-        keeps one copy. None when the end of the sequence is not a loop.
-    """
-    n = len(tokens)
-    for period in range(1, max_period + 1):
-        copies = max(min_repeats, -(-min_tokens // period))
-        if n < period * copies:
-            break
-        tail = tokens[n - period :]
-        start = n - period
-        while start - period >= 0 and list(tokens[start - period : start]) == list(tail):
-            start -= period
-        if (n - start) // period >= copies:
-            return start, period
-    return None
 
 
 @dataclass
@@ -147,7 +119,8 @@ def decode(
         stop_ids: tokens that end the answer (kept as the last token).
         draft: tokens expected to follow; each is kept only if greedy decoding agrees.
         history: tokens of the answer before `x`'s end (the forced prefix), for loop detection.
-        loop_guard: stop at a loop (`repetition_start`) and keep one copy of the pattern.
+        loop_guard: when the budget is used up and the answer ends in a loop
+            (`streaming.loops`), keep one copy of the pattern.
         keep_logits: keep each produced token's logits (tests, error measurements).
 
     Returns:
@@ -174,36 +147,31 @@ def decode(
         if draft[accepted - 1] in stop_ids:
             out.stop = "eos"
             break
-        if loop_guard and _trim_loop(out, history):
-            break
     out.draft_accepted = accepted
     # the rejected draft positions become scratch
     cache.truncate(before + x.shape[1] - (len(draft) - accepted))
-    if out.stop == "eos" or out.stop == "loop" or len(out.tokens) >= max_new:
-        return out
-    steps = greedy(decoder, cache, logits[accepted], max_new=max_new - len(out.tokens))
-    for index, (token, token_logits) in enumerate(steps):
-        out.decoded += index > 0  # the first token comes from the prefill's logits
-        out.tokens.append(token)
-        if keep_logits:
-            out.logits.append(token_logits)
-        if token in stop_ids:
-            out.stop = "eos"
-            break
-        if loop_guard and _trim_loop(out, history):
-            break
+    if out.stop != "eos" and len(out.tokens) < max_new:
+        steps = greedy(decoder, cache, logits[accepted], max_new=max_new - len(out.tokens))
+        for index, (token, token_logits) in enumerate(steps):
+            out.decoded += index > 0  # the first token comes from the prefill's logits
+            out.tokens.append(token)
+            if keep_logits:
+                out.logits.append(token_logits)
+            if token in stop_ids:
+                out.stop = "eos"
+                break
+    if out.stop == "limit" and loop_guard and _trim_loop(out, history):
+        # the cache holds the answer's tokens in order: drop those of the cut copies
+        cache.truncate(min(cache.position, before + x.shape[1] - len(draft) + len(out.tokens)))
     return out
 
 
 def _trim_loop(out: Generated, history: Sequence[int]) -> bool:
     """Cuts `out.tokens` back to one copy of a loop that ends them; True if there was one."""
-    sequence = [*history, *out.tokens]
-    found = repetition_start(sequence)
-    if found is None:
+    kept = without_loop(out.tokens, history)
+    if kept is None:
         return False
-    start, period = found
-    keep = max(start + period - len(history), 0)
-    del out.tokens[keep:]
-    del out.logits[keep:]
+    del out.tokens[len(kept) :]
+    del out.logits[len(kept) :]
     out.stop = "loop"
     return True

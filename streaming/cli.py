@@ -135,7 +135,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from streaming.server.websocket import ServerConfig, StreamingServer
+    from streaming.server.service import ServerConfig, StreamingServer
     from streaming.session import Limits
     from streaming.vad import VadConfig
 
@@ -226,7 +226,7 @@ def _transcribe(args: argparse.Namespace) -> int:
                 token=args.token, insecure=args.insecure,
             )  # fmt: skip
             return
-        from streaming.server.websocket import ServerConfig, StreamingServer
+        from streaming.server.service import ServerConfig, StreamingServer
 
         server = StreamingServer(_load(args), ServerConfig(port=0, web_root=None))
         await server.start()
@@ -250,9 +250,10 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 
 def _transcribe_offline(args: argparse.Namespace) -> int:
-    """The whole file through the recognizer at once (decoder.offline), no server."""
-    from decoder.offline import read_audio, transcribe_file
+    """The whole file through the recognizer at once (streaming.offline), no server."""
     from streaming.languages import normalize_language
+    from streaming.offline import read_audio, transcribe_file
+    from streaming.recognizer import OfflineOptions
 
     try:
         language = normalize_language(args.language)
@@ -262,12 +263,13 @@ def _transcribe_offline(args: argparse.Namespace) -> int:
         return 1
     writer = _writer(args)
     recognizer = _load(args)
+    options = OfflineOptions(
+        language=language, context=args.context, hotwords=tuple(args.hotword),
+        word_timestamps=_settings(args).word_timestamps and recognizer.info.word_timestamps,
+    )  # fmt: skip
     try:
-        pieces = transcribe_file(
-            recognizer, samples, language=language, context=args.context, hotwords=args.hotword
-        )
-        for i, piece in enumerate(pieces):
-            final = {
+        for i, piece in enumerate(transcribe_file(recognizer, samples, options)):
+            final: dict[str, Any] = {
                 "type": "transcript.final",
                 "segment_id": i,
                 "text": piece.text,
@@ -275,7 +277,14 @@ def _transcribe_offline(args: argparse.Namespace) -> int:
                 "start_ms": piece.start_ms,
                 "end_ms": piece.end_ms,
             }
-            print(json.dumps(final, ensure_ascii=False) if args.format == "json" else piece.text)
+            if piece.words:
+                final["words"] = [
+                    {"word": w.text.strip(), "start_ms": w.start_ms, "end_ms": w.end_ms}
+                    for w in piece.words
+                    if w.text.strip()
+                ]
+            line = json.dumps(final, ensure_ascii=False) if args.format == "json" else piece.text
+            print(line, flush=True)
             if writer is not None:
                 writer.write(final)
     finally:

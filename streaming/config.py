@@ -29,6 +29,8 @@ class Endpointing:
     silence_ms: int = 600
     # a segment longer than this is cut (at the quietest recent point) and finalized, seconds
     max_segment_s: float = 30.0
+    # audio kept before the first voiced frame of a segment, ms (None: the server's setting)
+    preroll_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,9 @@ def parse_session_start(
                 ep.get("max_segment_s", min(base.endpointing.max_segment_s, max_segment_s)),
                 "endpointing.max_segment_s", 1, max_segment_s,
             ),
+            preroll_ms=None if ep.get("preroll_ms", base.endpointing.preroll_ms) is None
+            else _number_in(ep.get("preroll_ms", base.endpointing.preroll_ms),
+                            "endpointing.preroll_ms", 0, 2_000, integer=True),
         )  # fmt: skip
     if "stability" in message:
         st = _expect(message["stability"], dict, "stability")

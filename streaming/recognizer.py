@@ -13,7 +13,7 @@ Recognizers run on a worker thread, a batch of requests at a time; a request nev
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -73,6 +73,39 @@ class Hypothesis:
 
 
 @dataclass(frozen=True)
+class OfflineSegment:
+    """One piece of a whole-file transcript (`Recognizer.transcribe_offline`)."""
+
+    start_ms: int
+    end_ms: int
+    text: str
+    language: str | None
+    # timed words, ms from the start of the file (empty unless asked for and the model aligns)
+    words: tuple[Word, ...] = ()
+    # what Whisper's pipeline tells about the segment (OpenAI's verbose_json carries it)
+    tokens: tuple[int, ...] = ()
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class OfflineOptions:
+    """What a whole-file transcription is asked for."""
+
+    # ISO code, or None to detect
+    language: str | None = None
+    # free text that biases recognition, and words to favour
+    context: str = ""
+    hotwords: tuple[str, ...] = ()
+    # "transcribe", or "translate" (into English; only where `ModelInfo.translates`)
+    task: str = "transcribe"
+    # timed words in each segment (only where `ModelInfo.word_timestamps`)
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a recognizer can do; the session validates settings against it."""
 
@@ -84,6 +117,8 @@ class ModelInfo:
     max_segment_s: float = 30.0
     # whether Word times come from a real alignment (exposed to clients) or are estimates
     word_timestamps: bool = False
+    # whether whole files can be translated into English (OfflineOptions.task)
+    translates: bool = False
     # extra facts for /health and logs (device, dtype, ...)
     details: dict[str, str] = field(default_factory=dict)
 
@@ -100,6 +135,17 @@ class Recognizer(abc.ABC):
         Runs on a worker thread. Must not keep references to request audio after returning.
         """
         raise NotImplementedError
+
+    def transcribe_offline(
+        self, samples: np.ndarray, options: OfflineOptions
+    ) -> Iterator[OfflineSegment] | None:
+        """A whole recording through the model's own long-form pipeline, if it has one.
+
+        Returns a lazy iterator: each step may run the model (a caller on the event loop runs
+        each step as a worker job). None (the default): the recognizer has no such pipeline, and
+        `streaming.offline.transcribe_file` transcribes the file with final decodes instead.
+        """
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, most recognizers hold nothing to free
         """Frees what the recognizer holds (threads, memory)."""

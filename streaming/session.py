@@ -22,8 +22,10 @@ session says so with a `warning` first and a fatal `error` after (`overloaded`).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +93,23 @@ def _samples(ms: float) -> int:
     return int(ms * SAMPLE_RATE // 1000)
 
 
+def _has_word_character(text: str) -> bool:
+    return any(c.isalnum() for c in text)
+
+
+def _spoken(words: Sequence[Word], *, first: bool) -> list[Word]:
+    """A hypothesis' new words without empty ones, and without punctuation opening a segment.
+
+    Whisper answers near-silence with ". . ." and recognizers may return whitespace-only pieces;
+    neither is speech. Punctuation after a word is kept (it belongs to that word's sentence).
+    """
+    spoken = [w for w in words if w.text.strip()]
+    if first:
+        while spoken and not _has_word_character(spoken[0].text):
+            spoken.pop(0)
+    return spoken
+
+
 class _Timeline:
     """The 16 kHz audio a session still needs, addressed by absolute sample position.
 
@@ -147,6 +166,10 @@ class _Segment:
     state: object | None = None
     last_partial: tuple[str, str] = ("", "")
     held: list[ev.Event] = field(default_factory=list)
+    # the language of the latest hypothesis
+    language: str | None = None
+    # cut at the end of its committed words: the committed text is its final text
+    covered: bool = False
 
 
 class Session:
@@ -191,6 +214,7 @@ class Session:
         self._last_ack_ms = -ACK_INTERVAL_MS
         self._lag_warned_ms = 0
         self._previous_text = ""
+        self._last_segment_end = 0  # where the latest closed segment ended
         self._in_flight: tuple[_Segment, DecodeRequest] | None = None
         self._close_reason = "input_end"
         self._configure(self.config)
@@ -294,12 +318,16 @@ class Session:
             self._report(ModelError("recognizer changed the committed prefix of a segment"))
             return
         segment.state = hypothesis.state
+        segment.language = hypothesis.language or segment.language
         segment.decoded_until = segment.start + len(request.audio)
-        tail = list(hypothesis.words[n:])
+        tail = _spoken(hypothesis.words[n:], first=not request.committed)
         if request.final:
             self._finish(segment, request.committed + tuple(tail), hypothesis.language)
-        else:
+        elif segment.end is None:
             self._stabilize(segment, tail, request.duration_ms)
+        # else: the segment ended while this partial ran; it may have heard audio past the end,
+        # so nothing of it is committed, and the final decode comes next
+        self._finish_covered()
         self._maybe_ack(force=True)
 
     def fail(self, error: StreamingError) -> None:
@@ -316,6 +344,11 @@ class Session:
     def close_reason(self) -> str:
         """Why the input ended (session.closed's reason): input_end, server_shutdown, ..."""
         return self._close_reason
+
+    @property
+    def segments_started(self) -> int:
+        """Segments opened so far (segment ids run from 0 to this minus one)."""
+        return self._next_segment_id
 
     @property
     def received_ms(self) -> int:
@@ -399,6 +432,10 @@ class Session:
         self.config = config
         self._converter = AudioConverter(config.audio, self.limits.max_frame_ms)
         max_segment_s = min(config.endpointing.max_segment_s, self.model.max_segment_s)
+        if config.endpointing.preroll_ms is not None:
+            self.vad_config = dataclasses.replace(
+                self.vad_config, preroll_ms=config.endpointing.preroll_ms
+            )
         self._endpointer = Endpointer(
             config.endpointing.silence_ms, int(max_segment_s * 1000), self.vad_config
         )
@@ -448,15 +485,21 @@ class Session:
             if isinstance(boundary, SpeechStart):
                 self._open_segment(boundary.position)
             elif isinstance(boundary, SpeechEnd):
-                self._close_segment(boundary.position, boundary.reason)
+                position = boundary.position
+                if boundary.reason == "max_length":
+                    position = self._cut_after_committed(position)
+                self._close_segment(position, boundary.reason)
+        self._finish_covered()
         self._discard_unneeded_audio()
 
     def _open_segment(self, position: int) -> None:
+        # segments never overlap: a max-length cut may have moved the previous end forward
+        start = max(position, self._timeline.base, self._last_segment_end)
         segment = _Segment(
             id=self._next_segment_id,
-            start=max(position, self._timeline.base),
+            start=start,
             stabilizer=Stabilizer(self.config.stability),
-            decoded_until=max(position, self._timeline.base),
+            decoded_until=start,
         )
         self._next_segment_id += 1
         self._segments.append(segment)
@@ -467,6 +510,32 @@ class Session:
         assert segment.end is None, "closing a segment twice"
         segment.end = max(position, segment.start)
         segment.reason = reason
+        self._last_segment_end = segment.end
+
+    def _finish_covered(self) -> None:
+        """Emits the finals of covered segments at the head of the queue (no decode needed)."""
+        while self._segments and self._segments[0].covered and self._in_flight is None:
+            segment = self._segments[0]
+            self._finish(segment, tuple(segment.committed), segment.language)
+
+    def _cut_after_committed(self, position: int) -> int:
+        """Where a segment cut for its length really ends: never before its committed words.
+
+        The endpointer picks the quietest recent frame, which can lie before words that partial
+        decodes have already committed. Committed words cannot move to the next segment (they
+        were shown as final), and a cut before them would transcribe their audio twice: once in
+        this segment's committed text, once in the next segment. The cut then moves to the end
+        of the last committed word, which leaves this segment fully covered by its committed
+        text (`_Segment.covered`: its final needs no decode).
+        """
+        segment = self._segments[-1]
+        if not segment.committed:
+            return position
+        covered_end = segment.start + _samples(segment.committed[-1].end_ms)
+        if covered_end < position:
+            return position
+        segment.covered = True
+        return min(covered_end, self._timeline.end)
 
     def _discard_unneeded_audio(self) -> None:
         lookback = self._endpointer.position - (self.vad_config.start_window + 1) * FRAME
@@ -512,6 +581,8 @@ class Session:
         committed_text = join_words(segment.committed)
         tentative_text = "".join(w.text for w in tentative)
         tentative_text = tentative_text if committed_text else tentative_text.lstrip()
+        if not _has_word_character(tentative_text):
+            tentative_text = ""  # a lone "." or "..." is no text to show yet
         if (committed_text, tentative_text) == segment.last_partial:
             return
         segment.last_partial = (committed_text, tentative_text)

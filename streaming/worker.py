@@ -5,6 +5,11 @@ consumer task takes the waiting requests (finals first, then partials, oldest fi
 to `max_batch` of them as one batch on a dedicated thread, and resolves the futures. The event
 loop never runs model code, so a slow decode delays answers, not the reading of audio.
 
+Besides decode requests the worker runs *jobs*: any other model work (one window of a whole-file
+transcription for the HTTP face) as a callable, alone on the model thread, after every waiting
+final and partial. A long file is split into jobs by its caller, so live sessions wait at most
+one job between two of their batches.
+
 Queue policy: the queue is bounded by `max_pending`. Each session has at most one request in
 flight, so with `max_pending` >= the server's session limit a put never waits; if it ever would,
 the session waits (backpressure) rather than the request being dropped.
@@ -16,15 +21,21 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from streaming.errors import ModelError
 from streaming.recognizer import DecodeRequest, Hypothesis, Recognizer
 
 log = logging.getLogger(__name__)
 
-FINAL, PARTIAL = 0, 1  # queue priorities: a final holds up a user waiting on it
+FINAL, PARTIAL, JOB = 0, 1, 2  # queue priorities: a final holds up a user waiting on it
+T = TypeVar("T")
+# what the worker tells an observer after each model call: (kind, requests, seconds);
+# kind is "final" (the batch held a final), "partial" or "job"
+Observer = Callable[[str, int, float], None]
 
 
 @dataclass
@@ -42,13 +53,22 @@ class WorkerStats:
 class ModelWorker:
     """Serialises model calls from many sessions into batches on one thread."""
 
-    def __init__(self, recognizer: Recognizer, *, max_batch: int = 8, max_pending: int = 256):
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        *,
+        max_batch: int = 8,
+        max_pending: int = 256,
+        observer: Observer | None = None,
+    ):
         self.recognizer = recognizer
         self.max_batch = max_batch
         self.stats = WorkerStats()
-        self._queue: asyncio.PriorityQueue[
-            tuple[int, int, DecodeRequest, asyncio.Future[Hypothesis]]
-        ] = asyncio.PriorityQueue(max_pending)
+        self.observer = observer
+        # (priority, order, a DecodeRequest or a job callable, future)
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Any, asyncio.Future[Any]]] = (
+            asyncio.PriorityQueue(max_pending)
+        )
         self._order = itertools.count()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recognizer")
         self._task: asyncio.Task[None] | None = None
@@ -81,6 +101,16 @@ class ModelWorker:
         await self._queue.put((priority, next(self._order), request, future))
         return await future
 
+    async def run(self, job: Callable[[], T]) -> T:
+        """Runs `job` on the model thread, alone, once no final or partial is waiting.
+
+        Raises:
+            ModelError: the job raised (its exception is chained).
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._queue.put((JOB, next(self._order), job, future))
+        return await future
+
     @property
     def pending(self) -> int:
         return self._queue.qsize()
@@ -88,9 +118,17 @@ class ModelWorker:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            if first[0] == JOB:
+                await self._run_job(first[2], first[3])
+                continue
+            batch = [first]
             while len(batch) < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
+                if item[0] == JOB:  # jobs run alone; it goes back to wait its turn
+                    self._queue.put_nowait(item)
+                    break
+                batch.append(item)
             live = [item for item in batch if not item[3].done()]  # cancelled: session gone
             if not live:
                 continue
@@ -111,7 +149,11 @@ class ModelWorker:
                         log.exception("decode failed")
                         self.stats.failures += 1
                         answers.append(ModelError(f"the recognizer failed: {exc}"))
-            self._count(requests, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self._count(requests, elapsed)
+            if self.observer is not None:
+                kind = "final" if any(r.final for r in requests) else "partial"
+                self.observer(kind, len(requests), elapsed)
             for (_, _, _, future), answer in zip(live, answers, strict=True):
                 if future.done():
                     continue
@@ -119,6 +161,26 @@ class ModelWorker:
                     future.set_exception(answer)
                 else:
                     future.set_result(answer)
+
+    async def _run_job(self, job: Callable[[], Any], future: asyncio.Future[Any]) -> None:
+        if future.done():  # the caller is gone
+            return
+        started = time.perf_counter()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, job)
+        except Exception as exc:
+            log.exception("model job failed")
+            self.stats.failures += 1
+            if not future.done():
+                error = ModelError(f"the recognizer failed: {exc}")
+                error.__cause__ = exc
+                future.set_exception(error)
+            return
+        finally:
+            if self.observer is not None:
+                self.observer("job", 1, time.perf_counter() - started)
+        if not future.done():
+            future.set_result(result)
 
     def _decode(self, requests: list[DecodeRequest]) -> list[Hypothesis]:
         answers = self.recognizer.decode(requests)

@@ -117,6 +117,7 @@ def load_recognizer(
     device: str = "cpu",
     dtype: str | None = None,
     window_s: int | None = None,
+    beam_size: int = 1,
 ) -> Recognizer:
     """Builds the recognizer for a `--model` value (see the module docstring).
 
@@ -127,11 +128,12 @@ def load_recognizer(
         dtype: Qwen3-ASR only: "float32", "bfloat16" or "int8" (default: int8 on the CPU,
             bfloat16 on a GPU).
         window_s: Qwen3-ASR only: encoder attention window in seconds (1..8, default 4).
+        beam_size: Whisper only: 1 for greedy decoding, more for beam search.
 
     Raises:
         ModelNotFoundError: the model is not on this machine (or not usable), with what to do.
     """
-    options = WhisperOptions(threads=threads, device=device)
+    options = WhisperOptions(threads=threads, device=device, beam_size=beam_size)
     if model == "tiny.en":
         return WhisperRecognizer(whisper_tiny_en_dir(), "whisper-tiny.en", options)
     if model == "base":

@@ -16,7 +16,7 @@ QWEN_DTYPES = ("float32", "bfloat16", "int8")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """Adds --model, --threads, --device, --dtype and --window-s to a parser or group."""
+    """Adds --model, --threads, --device, --dtype, --beam-size and --window-s to a parser."""
     parser.add_argument(
         "--model",
         default="tiny.en",
@@ -30,6 +30,15 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
         "--dtype",
         choices=QWEN_DTYPES,
         help="Qwen3-ASR weights: int8 (default on cpu), bfloat16 (default on cuda), float32",
+    )
+    parser.add_argument(
+        "--beam-size",
+        type=int,
+        choices=range(1, 11),
+        metavar="1..10",
+        default=1,
+        help="Whisper only: 1 greedy (default), more: beam search (more accurate, slower; "
+        "BENCHMARKS.md)",
     )
     parser.add_argument(
         "--window-s",
@@ -55,4 +64,5 @@ def load_from_arguments(args: argparse.Namespace) -> Recognizer:
         device=args.device,
         dtype=args.dtype,
         window_s=args.window_s,
+        beam_size=args.beam_size,
     )

@@ -1,51 +1,91 @@
 """The embedded default recognizer: Whisper (CTranslate2, int8) on local weights.
 
 Built on CTranslate2's Whisper model directly (with faster-whisper's feature extractor and
-tokenizer helpers) rather than `WhisperModel.transcribe`, because the service needs three things
+tokenizer helpers) rather than `WhisperModel.transcribe`, because streaming needs three things
 that call does not offer: a batch of requests from different sessions in one encoder and decoder
-pass, a forced prefix (the committed words) per request, and word alignment of the whole text
-including that prefix.
+pass, a forced prefix (the committed words) per request, and word alignment of that text. Whole
+files (`transcribe --offline`) go through `WhisperModel.transcribe` itself, the reference
+pipeline for Whisper's offline quality (`transcribe_offline`).
+
+How one decode of a segment is built (the *decode window*):
+
+- The window is the segment's audio from an anchor to the live edge. The anchor starts at the
+  segment start and moves forward, at a committed word boundary, only once the window would
+  exceed `max_window_s`; it then moves to the boundary nearest `keep_window_s` before the edge,
+  always leaving at least `MIN_PREFIX_WORDS` committed words inside. A step therefore costs the
+  same at second 5 and second 50 of a segment (one encoder window, a bounded forced prefix), and
+  no audio is decoded twice as "new".
+- Committed words inside the window are the forced prefix: the model continues after them and
+  never regenerates them. The words before the anchor are not lost: they stay in the hypothesis
+  verbatim, and their last `previous_tokens` tokens are the decoder prompt (Whisper's
+  previous-text context), so the model keeps the sentence's thread.
+- An error of the alignment at the anchor cannot cost a word: the audio around the anchor
+  belongs to forced prefix words, so a fragment of the word before it is never transcribed as
+  new text, and a clipped onset of the first word inside is already written out by the prefix.
+
+Where the continuation ends: generation stops at Whisper's own end-of-text token. CTranslate2
+(like Whisper) suppresses end-of-text and blank at the first generated position by default,
+which is right without a prefix but wrong after one: when the committed words already cover the
+speech the model is forced to say *something*, and it repeats the utterance ("... forever. I feel
+like these days go on forever."). Measured on the 13 short clips and the long-form set, allowing
+it there removes those repetitions without any text heuristic (BENCHMARKS.md, issue 10).
 
 Decoding choices, from what went wrong in peers (shared/design/peer-measurements.md):
 - greedy at temperature 0, no temperature fallback: a retry with sampling made single steps of
-  whisper_streaming take 4-21 s;
-- a bounded number of new tokens per request, scaled to the audio length, and a repetition-loop
-  trim when that bound is hit;
-- a shorter encoder window than Whisper's 30 s (15 s by default, 30 s for longer segments):
-  measured on this machine, the 15 s window costs a quarter of the encoder time with the same
-  WER on the test corpus; windows below ~10 s, or windows sized to the audio, make tiny.en loop;
+  whisper_streaming take 4-21 s (beam search is an option, `beam_size`);
+- a bounded number of new tokens per request, scaled to the audio after the last committed
+  word, and a repetition-loop trim when that bound is hit;
+- a 15 s encoder window (30 s only for a window that does not fit, e.g. a final of a session
+  without partials): a quarter of the 30 s encoder's cost, with the same WER;
 - a fixed low-level dither (-70 dBFS) on the segment audio: stretches of exact digital zeros
   (a browser stream's first moments, noise-gated microphones) made tiny.en drop the first word
   of an utterance in 2-3 s decodes ("And Mr. John ..." -> "Mr. John ..."), which LocalAgreement
-  then commits for good. The same noise is added at the same positions in every decode of a
-  segment, so successive hypotheses stay comparable and results stay reproducible.
+  then commits for good. The same noise is added at the same segment positions in every decode,
+  so successive hypotheses stay comparable and results stay reproducible.
 """
 
 from __future__ import annotations
 
+import math
 import string
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ctranslate2
 import numpy as np
 import tokenizers
+from faster_whisper import WhisperModel
 from faster_whisper.feature_extractor import FeatureExtractor
 from faster_whisper.tokenizer import Tokenizer
 
-from streaming.recognizer import DecodeRequest, Hypothesis, ModelInfo, Recognizer, Word
+from streaming.loops import without_loop
+from streaming.recognizer import (
+    DecodeRequest,
+    Hypothesis,
+    ModelInfo,
+    OfflineOptions,
+    OfflineSegment,
+    Recognizer,
+    Word,
+    join_words,
+)
 
 SAMPLE_RATE = 16_000  # Hz
 HOP = 160  # samples per mel frame: 10 ms
 MS_PER_ALIGNMENT_STEP = 20  # encoder frames are 2 mel frames
 MAX_TOKENS = 448  # Whisper's text context, prompt included
 MAX_PROMPT_TOKENS = MAX_TOKENS // 2 - 1  # Whisper's own cap for previous-text prompts
-NEW_TOKENS_PER_SECOND = 6  # fast speech is ~4 tokens/s; more than 6 means a loop
+# new tokens per decode, per second of audio after the last committed word, plus a slack; the
+# densest speech of the test sets holds 34 tokens in 4 s, 62 in 10 s (tests/test_guards.py)
+NEW_TOKENS_PER_SECOND = 10
+NEW_TOKENS_SLACK = 10
 NO_SPEECH_PROBABILITY = 0.6  # with a low average log-probability: no speech (Whisper's rule)
 NO_SPEECH_LOGPROB = -1.0
 DITHER_RMS = 10 ** (-70 / 20)  # -70 dBFS: far below speech, above the log-mel floor of zeros
+# committed words always left inside a moved window: they carry the audio around the anchor
+MIN_PREFIX_WORDS = 2
 
 
 @dataclass(frozen=True)
@@ -58,18 +98,46 @@ class WhisperOptions:
     device: str = "cpu"
     # threads inside one decode (2 = both cores of the reference machine)
     threads: int = 2
-    # encoder window for segments that fit it, seconds (segments above it use 30 s)
+    # encoder window for decode windows that fit it, seconds (longer ones use 30 s)
     window_s: float = 15.0
-    # also put the end of the previous segments' text into the prompt; off by default because
-    # a misrecognition then feeds the next segment, and prompts of unequal length cannot share
-    # a batch in CTranslate2
-    carry_previous_text: bool = False
+    # the decode window's audio never exceeds this while committed words allow a move, seconds
+    max_window_s: float = 12.0
+    # ... and a move leaves about this much audio in it (measured: 9 s keeps the context that
+    # 6 s lost, 253 against 261 errors over the three test sets; BENCHMARKS.md)
+    keep_window_s: float = 9.0
+    # committed text before the anchor handed to the decoder as previous-text prompt, tokens
+    previous_tokens: int = 32
+    # ... and before it, the previous segments' text
+    previous_segments: bool = True
+    # 1: greedy; more: beam search (slower, see BENCHMARKS.md)
+    beam_size: int = 1
 
     def __post_init__(self) -> None:
         if not 10.0 <= self.window_s <= 30.0:
             raise ValueError(f"window_s must be between 10 and 30 seconds, got {self.window_s!r}")
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads!r}")
+        if not 2.0 <= self.keep_window_s < self.max_window_s <= self.window_s - 1.0:
+            raise ValueError(
+                "expected 2 <= keep_window_s < max_window_s <= window_s - 1, got "
+                f"{self.keep_window_s!r}, {self.max_window_s!r}, {self.window_s!r}"
+            )
+        if not 0 <= self.previous_tokens <= MAX_PROMPT_TOKENS:
+            raise ValueError(f"previous_tokens must be 0..{MAX_PROMPT_TOKENS}")
+        if not 1 <= self.beam_size <= 10:
+            raise ValueError(f"beam_size must be 1..10, got {self.beam_size!r}")
+
+
+@dataclass(frozen=True)
+class WhisperSegmentState:
+    """What the recognizer keeps between decodes of one segment (`Hypothesis.state`)."""
+
+    # the segment's language once known (forced or detected), so it cannot flip mid-segment
+    language: str | None = None
+    # where the decode window starts, ms from the segment start
+    anchor_ms: int = 0
+    # committed words before the anchor (the prompt's text, not the forced prefix)
+    anchor_words: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,11 +146,13 @@ class _Prepared:
 
     index: int
     request: DecodeRequest
-    frames: int  # mel frames of real audio
+    state: WhisperSegmentState
+    frames: int  # mel frames of real audio in the window
     window: int  # mel frames the encoder sees
     features: np.ndarray  # (n_mels, window)
     prompt: list[int]  # previous-text part, may be empty
-    prefix: list[int]  # committed text tokens
+    prefix: list[int]  # committed text tokens inside the window
+    budget: int  # new tokens allowed
 
 
 class WhisperRecognizer(Recognizer):
@@ -92,13 +162,16 @@ class WhisperRecognizer(Recognizer):
         self.options = options or WhisperOptions()
         if not (model_dir / "model.bin").is_file():
             raise FileNotFoundError(f"{model_dir} holds no CTranslate2 Whisper model (model.bin)")
-        self.model = ctranslate2.models.Whisper(
+        # faster-whisper's model object holds the CTranslate2 model the streaming path drives
+        # and runs `transcribe_offline`: one copy of the weights for both
+        self._pipeline = WhisperModel(
             str(model_dir),
             device=self.options.device,
             compute_type=self.options.compute_type,
-            intra_threads=self.options.threads,
-            inter_threads=1,
+            cpu_threads=self.options.threads,
+            num_workers=1,
         )
+        self.model: ctranslate2.models.Whisper = self._pipeline.model
         self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizers: dict[str | None, Tokenizer] = {}
         self._features = FeatureExtractor(feature_size=self.model.n_mels)
@@ -114,10 +187,12 @@ class WhisperRecognizer(Recognizer):
             languages=languages,
             max_segment_s=30.0,
             word_timestamps=True,
+            translates=self.model.is_multilingual,
             details={
                 "engine": "ctranslate2",
                 "compute_type": self.options.compute_type,
                 "device": self.options.device,
+                "beam_size": str(self.options.beam_size),
             },
         )
 
@@ -147,30 +222,66 @@ class WhisperRecognizer(Recognizer):
         return self._tokenizers[language]
 
     def _prepare(self, index: int, request: DecodeRequest) -> _Prepared:
-        frames = len(request.audio) // HOP
+        state = request.state if isinstance(request.state, WhisperSegmentState) else None
+        state = self._move_anchor(request, state or WhisperSegmentState())
+        start = state.anchor_ms * SAMPLE_RATE // 1000
+        audio = request.audio[start:]
+        frames = len(audio) // HOP
         window_s = self.options.window_s if frames <= self.options.window_s * 100 else 30.0
         window = int(window_s * 100)
         # Whisper's log-mel floor is relative to the loudest frame of the input, so features are
         # computed with the window's zero padding included, as Whisper was trained.
         padded = np.zeros(window * HOP, np.float32)
-        audio = request.audio[: window * HOP]
-        padded[: len(audio)] = audio + self._dither[: len(audio)]
+        audio = audio[: window * HOP]
+        padded[: len(audio)] = audio + self._noise(start, len(audio))
         features = self._features(padded)[:, :window]
         tokenizer = self._tokenizer(None)
-        prompt_text = " ".join(
-            t
-            for t in (
-                request.context.strip(),
-                ", ".join(request.hotwords),
-                request.previous_text.strip() if self.options.carry_previous_text else "",
-            )
-            if t
-        )
+        before = request.committed[: state.anchor_words]
+        inside = request.committed[state.anchor_words :]
+        context = " ".join(t for t in (request.context.strip(), ", ".join(request.hotwords)) if t)
         prompt: list[int] = []
-        if prompt_text:
-            prompt = [tokenizer.sot_prev, *tokenizer.encode(" " + prompt_text)[-MAX_PROMPT_TOKENS:]]
-        prefix = tokenizer.encode("".join(w.text for w in request.committed))
-        return _Prepared(index, request, frames, window, features, prompt, prefix)
+        if context:
+            prompt = tokenizer.encode(" " + context)
+        earlier = join_words(before)
+        if self.options.previous_segments:
+            earlier = f"{request.previous_text.strip()} {earlier}".strip()
+        if earlier and self.options.previous_tokens:
+            prompt += tokenizer.encode(" " + earlier)[-self.options.previous_tokens :]
+        if prompt:
+            prompt = [tokenizer.sot_prev, *prompt[-MAX_PROMPT_TOKENS:]]
+        prefix = tokenizer.encode("".join(w.text for w in inside))
+        covered_ms = max(request.committed[-1].end_ms - state.anchor_ms, 0) if inside else 0
+        uncovered_s = max(frames / 100 - covered_ms / 1000, 0.0)
+        budget = math.ceil(NEW_TOKENS_PER_SECOND * uncovered_s) + NEW_TOKENS_SLACK
+        room = MAX_TOKENS - len(prompt) - len(prefix) - 4
+        budget = max(1, min(budget, room))
+        return _Prepared(index, request, state, frames, window, features, prompt, prefix, budget)
+
+    def _noise(self, start: int, count: int) -> np.ndarray:
+        """The dither of segment samples [start, start + count), repeating every 30 s."""
+        positions = np.arange(start, start + count) % len(self._dither)
+        return self._dither[positions]
+
+    def _move_anchor(
+        self, request: DecodeRequest, state: WhisperSegmentState
+    ) -> WhisperSegmentState:
+        """Moves the decode window's start forward when the window has grown too long."""
+        audio_ms = request.duration_ms
+        committed = request.committed
+        if audio_ms - state.anchor_ms <= self.options.max_window_s * 1000:
+            return state
+        keep_ms = self.options.keep_window_s * 1000
+        # word j may open the window if MIN_PREFIX_WORDS committed words remain from it on
+        candidates = [
+            j
+            for j in range(state.anchor_words + 1, len(committed) - MIN_PREFIX_WORDS + 1)
+            if committed[j].start_ms > state.anchor_ms
+        ]
+        if not candidates:
+            return state  # too little committed yet: the window grows (30 s encoder past 15 s)
+        fitting = [j for j in candidates if audio_ms - committed[j].start_ms <= keep_ms]
+        best = fitting[0] if fitting else candidates[-1]
+        return WhisperSegmentState(state.language, committed[best].start_ms, best)
 
     def _decode_group(self, group: list[_Prepared]) -> list[Hypothesis]:
         features = np.ascontiguousarray(np.stack([p.features for p in group]))
@@ -180,26 +291,31 @@ class WhisperRecognizer(Recognizer):
         for p, language in zip(group, languages, strict=True):
             tokenizer = self._tokenizer(language)
             prompts.append([*p.prompt, *tokenizer.sot_sequence, tokenizer.no_timestamps, *p.prefix])
-        budgets = [self._new_token_budget(p) for p in group]
         results = self.model.generate(
             encoded,
             prompts,
-            beam_size=1,
-            max_length=max(len(prompt) + b for prompt, b in zip(prompts, budgets, strict=True)),
+            beam_size=self.options.beam_size,
+            max_length=max(
+                _max_length(prompt, p) for prompt, p in zip(prompts, group, strict=True)
+            ),
             return_scores=True,
             return_no_speech_prob=True,
+            # End-of-text must be possible right after a forced prefix (see the module
+            # docstring); CTranslate2 suppresses it at the first step by default.
+            suppress_blank=False,
         )
         texts: list[list[int]] = []
-        for p, result, budget in zip(group, results, budgets, strict=True):
+        for p, result in zip(group, results, strict=True):
             ids = [t for t in result.sequences_ids[0] if t < self._tokenizer(None).eot]
             if ids[: len(p.prefix)] != p.prefix:
                 ids = p.prefix + ids  # CTranslate2 echoes the prefix; keep it if it did not
-            new = ids[len(p.prefix) :][:budget]
-            if len(new) >= budget:
-                new = _trim_repetition(new)
+            new = ids[len(p.prefix) :][: p.budget]
+            looped = without_loop(new, p.prefix) if len(new) >= p.budget else None
+            if looped is not None:  # more text than speech holds, ending in a loop
+                new = looped
             # scores[0] is the length-normalised log-probability of the sequence
             silent = (
-                not p.prefix
+                not p.request.committed
                 and result.no_speech_prob > NO_SPEECH_PROBABILITY
                 and result.scores[0] < NO_SPEECH_LOGPROB
             )
@@ -209,19 +325,14 @@ class WhisperRecognizer(Recognizer):
             Hypothesis(
                 words=self._words(p, tokens, times, language),
                 language=language,
-                state=language,
+                state=WhisperSegmentState(language, p.state.anchor_ms, p.state.anchor_words),
             )
             for p, tokens, times, language in zip(group, texts, timings, languages, strict=True)
         ]
 
-    def _new_token_budget(self, p: _Prepared) -> int:
-        budget = int(NEW_TOKENS_PER_SECOND * p.frames / 100) + 8
-        room = MAX_TOKENS - len(p.prompt) - len(p.prefix) - 4
-        return max(1, min(budget, room))
-
     def _languages(self, encoded: ctranslate2.StorageView, group: list[_Prepared]) -> list[str]:
         """The language of each request: forced, kept from earlier decodes, or detected now."""
-        known = [p.request.language or p.request.state for p in group]
+        known = [p.request.language or p.state.language for p in group]
         if not self.model.is_multilingual:
             return ["en"] * len(group)
         if all(known):
@@ -236,7 +347,7 @@ class WhisperRecognizer(Recognizer):
         texts: list[list[int]],
         languages: list[str],
     ) -> list[np.ndarray]:
-        """Start time (ms) of each text token plus a trailing end time, by cross-attention DTW."""
+        """Start time (ms, in the window) of each text token plus a trailing end time (DTW)."""
         timings: list[np.ndarray] = [np.zeros(len(t) + 1) for t in texts]
         todo = [i for i, t in enumerate(texts) if t]
         by_language: dict[str, list[int]] = defaultdict(list)
@@ -277,12 +388,13 @@ class WhisperRecognizer(Recognizer):
             return committed
         tokenizer = self._tokenizer(language)
         pieces, piece_tokens = tokenizer.split_to_word_tokens(new_tokens)
+        offset = p.state.anchor_ms
         words: list[Word] = []
         position = len(p.prefix)
         for piece, ids in zip(pieces, piece_tokens, strict=True):
-            start = int(times[position])
+            start = offset + int(times[position])
             position += len(ids)
-            end = int(times[min(position, len(times) - 1)])
+            end = offset + int(times[min(position, len(times) - 1)])
             if not piece.strip():
                 continue
             if words and piece.strip() in string.punctuation:
@@ -290,44 +402,46 @@ class WhisperRecognizer(Recognizer):
                 words[-1] = Word(last.text + piece, last.start_ms, max(last.end_ms, end))
             else:
                 words.append(Word(piece, start, max(start, end)))
-        return committed + _drop_unsupported(committed, words)
+        return committed + tuple(words)
+
+    # ---------------------------------------------------------------- offline
+
+    def transcribe_offline(
+        self, samples: np.ndarray, options: OfflineOptions
+    ) -> Iterator[OfflineSegment]:
+        """A whole recording through faster-whisper's own long-form pipeline, lazily.
+
+        `WhisperModel.transcribe` is the reference for Whisper's offline quality (30 s windows
+        moved by the model's timestamps, previous text as prompt, temperature fallback); beam
+        as `beam_size` says, no VAD filter. Each step of the iterator decodes one window.
+        """
+        segments, info = self._pipeline.transcribe(
+            samples,
+            language=options.language if self.model.is_multilingual else "en",
+            task=options.task,
+            beam_size=self.options.beam_size,
+            initial_prompt=options.context or None,
+            hotwords=", ".join(options.hotwords) or None,
+            word_timestamps=options.word_timestamps,
+        )
+        for s in segments:
+            words = tuple(
+                Word(w.word, int(w.start * 1000), int(w.end * 1000)) for w in s.words or ()
+            )
+            yield OfflineSegment(
+                int(s.start * 1000), int(s.end * 1000), s.text.strip(), info.language, words,
+                tuple(s.tokens), s.avg_logprob, s.compression_ratio, s.no_speech_prob,
+                s.temperature or 0.0,
+            )  # fmt: skip
 
 
-def _drop_unsupported(committed: tuple[Word, ...], new: list[Word]) -> tuple[Word, ...]:
-    """Removes continuation words the audio does not support.
+def _max_length(prompt: list[int], p: _Prepared) -> int:
+    """CTranslate2's `max_length` that lets `p` generate its whole budget after its prefix.
 
-    Once the committed prefix already covers all the speech, Whisper tends to go on and repeat
-    the utterance (measured on the test corpus: 10 of 13 files with the 15 s window). Those
-    words have no audio of their own, so the alignment stacks them on one instant with zero
-    duration. Real words never do that two at a time: from the first such pile (and the word
-    that runs into it) on, the continuation is dropped. A punctuation-only continuation after
-    text that already ends in punctuation is dropped too (" . ." after "them.").
+    Measured with CTranslate2 4.8 (tests/models/test_whisper.py checks it): Whisper's generate
+    returns at most `max_length // 2` tokens after the start sequence, the forced prefix
+    included, and at most `max_length` minus the start sequence. So twice the prefix and the
+    budget, plus the start sequence; the budget itself is enforced on the result.
     """
-    for i in range(len(new) - 1):
-        here, after = new[i], new[i + 1]
-        if here.start_ms == here.end_ms == after.start_ms:
-            cut = i
-            while cut > 0 and new[cut - 1].end_ms >= here.start_ms:
-                cut -= 1
-            new = new[:cut]
-            break
-    text = "".join(w.text for w in new).strip()
-    previous = "".join(w.text for w in committed).strip()
-    if text and previous and not any(c.isalnum() for c in text) and previous[-1] in ".?!,;:":
-        return ()
-    return tuple(new)
-
-
-def _trim_repetition(tokens: list[int], min_repeats: int = 3, max_period: int = 12) -> list[int]:
-    """Cuts a runaway loop: keeps one copy of a pattern that repeats to the end of `tokens`."""
-    for period in range(1, max_period + 1):
-        span = period * min_repeats
-        if len(tokens) < span:
-            break
-        tail = tokens[-span:]
-        if all(tail[i] == tail[i % period] for i in range(span)):
-            start = len(tokens) - period
-            while start - period >= 0 and tokens[start - period : start] == tokens[-period:]:
-                start -= period
-            return tokens[: start + period]
-    return tokens
+    start = len(prompt) - len(p.prefix)
+    return start + 2 * (len(p.prefix) + p.budget)

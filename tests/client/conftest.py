@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import ssl
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streaming.server.websocket import ServerConfig, StreamingServer
+from streaming.server.service import ServerConfig, StreamingServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,6 +38,62 @@ async def running_server(recognizer, **options):
         yield server
     finally:
         await server.shutdown()
+
+
+class FlakyNetwork:
+    """A TCP relay between clients and a server whose links can all be cut at once.
+
+    Cutting aborts both sockets of every link (no close frame, no FIN handshake): what a client
+    sees when Wi-Fi drops. New connections are relayed again right after.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    def cut(self) -> None:
+        for a, b in self._links:
+            a.transport.abort()
+            b.transport.abort()
+        self._links.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._links.append((writer, up_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+@contextlib.asynccontextmanager
+async def flaky_network(port: int):
+    network = FlakyNetwork(port)
+    await network.start()
+    try:
+        yield network
+    finally:
+        await network.stop()
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:

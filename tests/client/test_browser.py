@@ -9,7 +9,14 @@ import pytest
 from websockets.asyncio.client import connect
 
 from streaming.scoring import corpus_wer
-from tests.client.conftest import chromium, padded, running_server, self_signed_context, write_wav
+from tests.client.conftest import (
+    chromium,
+    flaky_network,
+    padded,
+    running_server,
+    self_signed_context,
+    write_wav,
+)
 from tests.conftest import PW_MS
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow, pytest.mark.network]
@@ -83,16 +90,19 @@ async def test_partials_show_committed_and_tentative_styles(whisper, corpus, tmp
 
 
 async def test_a_dropped_connection_reconnects_and_loses_no_words(whisper, corpus, tmp_path):
-    """The server drops the socket mid-sentence; the page reconnects and replays the audio."""
+    """The network drops mid-sentence; the page reconnects and replays the audio."""
     utterance = corpus[11]  # 6 s: "had he married a more a amiable woman ..."
     wav = write_wav(tmp_path / "speech.wav", padded(utterance.samples()))
-    async with running_server(whisper) as server, chromium(wav) as page:
-        await page.goto(f"http://127.0.0.1:{server.port}/")
+    async with (
+        running_server(whisper) as server,
+        flaky_network(server.port) as network,
+        chromium(wav) as page,
+    ):
+        await page.goto(f"http://127.0.0.1:{network.port}/")
         await page.click("#start")
         await page.wait_for_function("window.captionsApp.state === 'live'", timeout=20_000 * PW_MS)
         await asyncio.sleep(3.0)
-        for connection in list(server._connections):
-            connection.websocket.transport.abort()  # the network drops, no close frame
+        network.cut()  # no close frame reaches either side
         await page.wait_for_function(
             "window.captionsApp.state === 'reconnecting'", timeout=10_000 * PW_MS
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,17 @@ import torch
 from transformers import AutoProcessor, Qwen3ASRForConditionalGeneration
 
 from decoder.loader import load_qwen
-from decoder.offline import cut_points, transcribe_file
 from decoder.recognizer import QwenOptions, QwenRecognizer
-from streaming.recognizer import DecodeRequest, Hypothesis, ModelInfo, Word, join_words
+from streaming.offline import cut_points, transcribe_file
+from streaming.recognizer import (
+    DecodeRequest,
+    Hypothesis,
+    ModelInfo,
+    OfflineOptions,
+    Recognizer,
+    Word,
+    join_words,
+)
 
 ATOL = 1e-4  # fp32 logits, as the issue asks
 NEW_TOKENS = 40
@@ -77,7 +85,7 @@ def test_the_recognizer_offline_path_gives_the_same_text(
     assert hypothesis.language == "en" and expected.text
 
 
-class Echo:
+class Echo(Recognizer):
     """A recognizer that answers each final decode with its audio length, for splitting tests."""
 
     def __init__(self, max_offline_s: float) -> None:
@@ -85,7 +93,7 @@ class Echo:
         self.max_offline_s = max_offline_s
         self.requests: list[DecodeRequest] = []
 
-    def decode(self, requests: list[DecodeRequest]) -> list[Hypothesis]:
+    def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
         self.requests += requests
         return [Hypothesis((Word(f" {len(r.audio)}", 0, 1),), "en") for r in requests]
 
@@ -101,7 +109,7 @@ def test_long_files_are_cut_at_quiet_points_before_the_limit(
     assert cuts[1] - cuts[0] <= 10 * 16_000 and len(audio) - cuts[1] <= 10 * 16_000
     assert cut_points(audio, 30.0) == []
     echo = Echo(max_offline_s=10.0)
-    pieces = transcribe_file(echo, audio, language="en", context="cards")  # type: ignore[arg-type]
+    pieces = list(transcribe_file(echo, audio, OfflineOptions(language="en", context="cards")))
     bounds = [0, *cuts, len(audio)]
     assert [p.text for p in pieces] == [str(b - a) for a, b in itertools.pairwise(bounds)]
     assert all(r.final and r.context == "cards" for r in echo.requests)

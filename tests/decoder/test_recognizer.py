@@ -135,7 +135,7 @@ def test_budgets_follow_the_uncommitted_audio(
     chatter = tuple(Word(" la", i * 100, i * 100 + 100) for i in range(60))
     recognizer.decode([DecodeRequest(audio=audio[: 3 * STEP], committed=chatter, language="en")])
     budgets = [call["max_new"] for call in fake.calls]
-    assert budgets == [6 + 15, 6 + 15 + 8, 16 + 10, 0]  # 3 s, + header, final 1 s, runaway
+    assert budgets == [8 + 24, 8 + 24 + 8, 16 + 10, 0]  # 3 s, + header, final 1 s, runaway
 
 
 def test_a_word_cut_by_the_budget_is_left_out(

@@ -18,7 +18,7 @@ from decoder.recognizer import QwenRecognizer
 from streaming import cli
 from streaming.invariants import check_events
 from streaming.models.loading import ModelNotFoundError, load_recognizer
-from streaming.server.websocket import ServerConfig, StreamingServer
+from streaming.server.service import ServerConfig, StreamingServer
 from tests.conftest import DATA_DIR, MS
 
 
@@ -115,7 +115,7 @@ def test_offline_transcription_prints_the_whole_file_text(
     assert cli.main([*args, "--window-s", "8", "--format", "json"]) == 0
     final = json.loads(capsys.readouterr().out.strip())
     assert final["type"] == "transcript.final" and final["start_ms"] == 0
-    from decoder.offline import read_audio
+    from streaming.offline import read_audio
 
     expected = load_qwen(directory).transcribe(read_audio(wav))
     assert final["text"] == expected.text and expected.text

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from decoder.generate import decode, repetition_start
+from decoder.generate import decode
 from decoder.loader import QwenModel, load_qwen
 from decoder.prompt import build_prompt
 from decoder.stream import append_stable, continue_stream, open_stream
+from streaming.loops import repetition_start
 
 ATOL = 1e-4  # fp32 logits, as the issue asks
 STEP = 16_000  # 1 s of audio per streaming step
@@ -134,13 +135,17 @@ def test_loops_are_detected_and_cut_to_one_copy() -> None:
     assert repetition_start([1, 2, 3, 4, 5, 6] * 3) is None  # 4 copies needed
 
 
-def test_the_loop_guard_stops_generation(model: QwenModel) -> None:
-    """A loop in the committed text plus the answer stops decoding and keeps no extra copy."""
+def test_the_loop_guard_cuts_only_a_loop_that_uses_up_the_budget(model: QwenModel) -> None:
+    """A repeat that runs to the budget is a loop (one copy kept); one that ends is speech."""
     decoder = model.decoder
     x = decoder.embed([5, 6, 7])
-    free = decode(decoder, decoder.new_cache(), x, max_new=3, stop_ids=frozenset(),
-                  loop_guard=False)  # fmt: skip
-    history = free.tokens * 4  # as if the committed text already looped on these tokens
-    guarded = decode(decoder, decoder.new_cache(), x, max_new=12, stop_ids=frozenset(),
-                     history=history)  # fmt: skip
-    assert guarded.stop == "loop" and guarded.tokens == []
+    answer = decode(decoder, decoder.new_cache(), x, max_new=12, stop_ids=frozenset(),
+                    loop_guard=False).tokens  # fmt: skip
+    history = answer * 3  # as if the committed text already held three copies of the answer
+    cache = decoder.new_cache()
+    looped = decode(decoder, cache, x, max_new=12, stop_ids=frozenset(), history=history)
+    assert looped.stop == "loop" and looped.tokens == []  # the fourth copy is dropped
+    assert cache.position == x.shape[1]  # and its cache entries with it
+    ended = decode(decoder, decoder.new_cache(), x, max_new=13, stop_ids=frozenset({answer[-1]}),
+                   history=history)  # fmt: skip
+    assert ended.stop == "eos" and ended.tokens == answer  # it ended by itself: kept

@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.models.whisper import _drop_unsupported, _trim_repetition
-from streaming.recognizer import DecodeRequest, Word, join_words
-from streaming.scoring import corpus_wer
+from streaming.loops import without_loop
+from streaming.models.whisper import WhisperSegmentState
+from streaming.recognizer import DecodeRequest, OfflineOptions, Word, join_words
+from streaming.scoring import corpus_wer, edit_distance, normalize
+from tests.conftest import DATA_DIR, read_wav
+
+ECCLESIASTES_14S = (
+    "To every thing there is a season, and a time to every purpose under the heaven. A time to "
+    "be born, and a time to die; a time to plant, and a time to pluck up that which is planted. "
+    "A time to kill, and a time to heal; a time to break down, and a time to build up."
+)
+
+
+def long_form(name: str, seconds: float) -> np.ndarray:
+    """The first `seconds` of a tests/data/long recording."""
+    samples, rate = read_wav(DATA_DIR / "long" / name)
+    assert rate == 16_000
+    return samples[: int(seconds * rate)]
 
 
 def test_offline_decodes_of_the_corpus_reach_the_reference_wer(whisper, corpus):
@@ -60,23 +75,102 @@ def test_a_complete_prefix_gets_no_invented_continuation(whisper, corpus):
     assert join_words(again) == join_words(full)
 
 
-def test_words_piled_on_one_instant_are_dropped():
-    """Zero-length words stacked at one time, and the word running into them, are removed."""
-    real = (Word(" forever.", 2000, 3300),)
-    new = [Word(" I", 3340, 3600), Word(" feel", 3600, 3600), Word(" like", 3600, 3600)]
-    assert _drop_unsupported(real, new) == ()
-    ok = [Word(" man.", 2700, 3420)]
-    assert _drop_unsupported(real, ok) == tuple(ok)
+def test_repeated_phrases_keep_every_word_the_audio_supports(whisper):
+    """14 s of "a time to ..., and a time to ..." keep all 58 words, with or without a prefix.
+
+    Cross-attention alignment stacks words of repeated phrases on one instant; an earlier guard
+    that cut the continuation at such stacks kept 14 of these words.
+    """
+    audio = long_form("ecclesiastes.wav", 14.0)
+    reference = normalize(ECCLESIASTES_14S)
+    first = whisper.decode([DecodeRequest(audio=audio)])[0].words
+    for committed in ((), first[:3], first[:10]):
+        request = DecodeRequest(audio=audio, committed=committed, final=True)
+        words = normalize(join_words(whisper.decode([request])[0].words))
+        assert edit_distance(reference, words) <= 4, words  # at most the word cut at 14 s
 
 
-def test_punctuation_only_tail_after_punctuated_text_is_dropped():
-    """' . .' after 'them.' is dropped; '.' after 'clubs' is kept."""
-    assert _drop_unsupported((Word(" them.", 0, 10),), [Word(" . .", 20, 30)]) == ()
-    assert _drop_unsupported((Word(" clubs", 0, 10),), [Word(".", 20, 30)]) == (Word(".", 20, 30),)
+def test_a_long_prefix_leaves_the_whole_budget_for_new_words(whisper):
+    """A final after 30 committed words still transcribes the rest of its audio.
+
+    CTranslate2's Whisper generate counts the forced prefix against max_length (and returns at
+    most half of it): sized for the new tokens only, this final stopped after a few words.
+    """
+    audio = long_form("gettysburg.wav", 12.0)
+    first = whisper.decode([DecodeRequest(audio=audio)])[0].words
+    committed = first[:20]
+    words = whisper.decode([DecodeRequest(audio=audio, committed=committed, final=True)])[0].words
+    assert words[:20] == committed
+    assert "equal" in join_words(words[20:]).lower(), join_words(words)
 
 
-def test_runaway_repetition_is_trimmed_to_one_copy():
-    """A token loop at the end of a capped generation keeps a single copy of the pattern."""
-    assert _trim_repetition([1, 2, 3, 4, 5, 3, 4, 5, 3, 4, 5]) == [1, 2, 3, 4, 5]
-    assert _trim_repetition([7, 7, 7, 7, 7]) == [7]
-    assert _trim_repetition([1, 2, 3, 4]) == [1, 2, 3, 4]
+def test_the_decode_window_moves_at_committed_words_and_keeps_its_size(whisper) -> None:
+    """In a 40 s segment the window starts at a committed word, and stays one 15 s encoder pass.
+
+    Each step commits what the previous one heard up to 2 s before its edge, as the session's
+    maximum delay would; the window then never holds more than 12 s, so a step at second 40 costs
+    what a step at second 10 costs, and every committed word comes back verbatim.
+    """
+    audio = long_form("gettysburg.wav", 40.0)
+    committed: tuple[Word, ...] = ()
+    state = None
+    anchors = []
+    for end_s in range(1, 41):
+        request = DecodeRequest(audio=audio[: end_s * 16_000], committed=committed, state=state)
+        prepared = whisper._prepare(0, request)
+        assert prepared.window == 1500 and prepared.frames <= 1300
+        hypothesis = whisper.decode([request])[0]
+        assert hypothesis.words[: len(committed)] == committed
+        state = hypothesis.state
+        assert isinstance(state, WhisperSegmentState)
+        anchors.append(state.anchor_ms)
+        new = hypothesis.words[len(committed) :]
+        committed += tuple(w for w in new if w.end_ms <= end_s * 1000 - 2000)
+        if state.anchor_words:
+            opening = committed[state.anchor_words]
+            assert opening.start_ms == state.anchor_ms  # the window opens at a committed word
+    assert anchors == sorted(anchors) and anchors[-1] >= 28_000
+    # the words match the speech about as well as faster-whisper's offline pipeline on it
+    reference = normalize(open_reference("gettysburg.wav"))
+    offline = " ".join(
+        s.text for s in whisper.transcribe_offline(audio, OfflineOptions(language="en"))
+    )
+    assert (
+        errors_in_prefix(reference, join_words(committed))
+        <= errors_in_prefix(reference, offline) + 4
+    )
+
+
+def errors_in_prefix(reference: list[str], text: str) -> int:
+    """Edit distance of `text` to the reference prefix it matches best (it may end mid-way)."""
+    words = normalize(text)
+    return min(edit_distance(reference[:n], words) for n in range(len(words) - 8, len(words) + 4))
+
+
+def open_reference(name: str) -> str:
+    rows = (DATA_DIR / "long" / "manifest.tsv").read_text().splitlines()[1:]
+    return next(r.split("\t")[2] for r in rows if r.startswith(name))
+
+
+def test_a_loop_is_cut_to_one_copy_and_a_prefix_keeps_its_own():
+    """A loop ending the new tokens keeps one copy; one that began in the prefix keeps none."""
+    assert without_loop([1, 2] + [3, 4, 5] * 4) == [1, 2, 3, 4, 5]
+    assert without_loop([7] * 12) == [7]
+    assert without_loop([7] * 11) is None  # "five five five ...": real speech repeats too
+    assert without_loop([3, 4, 5] * 2, history=[9] + [3, 4, 5] * 2) == []
+
+
+def test_offline_transcription_is_faster_whispers_own_pipeline(whisper, capsys):
+    """`transcribe --offline` on a 26 s recording prints what WhisperModel.transcribe gives."""
+    from faster_whisper import WhisperModel
+
+    from streaming import cli
+    from streaming.models.loading import whisper_tiny_en_dir
+
+    path = DATA_DIR / "long" / "austen_joined.wav"
+    reference = WhisperModel(str(whisper_tiny_en_dir()), compute_type="int8", cpu_threads=2)
+    segments, _ = reference.transcribe(long_form("austen_joined.wav", 30.0), language="en")
+    expected = [s.text.strip() for s in segments]
+    assert cli.main(["transcribe", str(path), "--offline"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    assert len(" ".join(expected).split()) > 60  # all five sentences

@@ -30,7 +30,9 @@ class ScriptedRecognizer(Recognizer):
         for request in requests:
             self.requests.append(request)
             heard = [w for w in self.script if w.end_ms <= request.duration_ms]
-            tail = heard[len(request.committed) :]
+            # continue after the last committed script word (the session may drop some words)
+            done = self.script.index(request.committed[-1]) + 1 if request.committed else 0
+            tail = heard[done:]
             revision = self.revisions.get(len(self.requests))
             if revision is not None and tail:
                 tail[-1] = Word(revision, tail[-1].start_ms, tail[-1].end_ms)

@@ -118,10 +118,11 @@ def test_transcribe_reads_flac_at_44k_stereo_and_saves_subtitles(tmp_path):
 def test_every_command_that_runs_a_model_takes_the_same_model_options(command):
     from streaming.cli import build_parser
 
-    options = ["--model", "ckpt", "--threads", "1", "--dtype", "bfloat16", "--window-s", "2"]
+    options = ["--model", "ckpt", "--threads", "1", "--dtype", "bfloat16", "--window-s", "2",
+               "--beam-size", "5"]  # fmt: skip
     args = build_parser().parse_args([*command, *options])
-    assert (args.model, args.threads, args.device, args.dtype, args.window_s) == (
-        "ckpt", 1, "cpu", "bfloat16", 2,
+    assert (args.model, args.threads, args.device, args.dtype, args.window_s, args.beam_size) == (
+        "ckpt", 1, "cpu", "bfloat16", 2, 5,
     )  # fmt: skip
     with pytest.raises(SystemExit):
         build_parser().parse_args([*command, "--window-s", "9"])

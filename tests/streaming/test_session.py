@@ -342,3 +342,65 @@ def test_recognizer_failure_is_reported_as_a_fatal_error():
     d.session.fail(ModelError("boom"))
     d.pump()
     assert d.of("error")[-1]["code"] == "model_error" and d.session.finished
+
+
+def test_a_length_cut_never_leaves_committed_words_outside_their_segment():
+    """A max-length cut at a quiet point before committed words moves to their end.
+
+    Committed words cannot move to the next segment, so a cut before them would put their audio
+    in both segments (transcribed twice). The moved cut ends the segment exactly at its committed
+    text, which is then its final without another decode; the next segment starts there.
+    """
+    script = [(f" w{i}", 300 * i) for i in range(1, 40)]
+    dip = np.concatenate([tone(1.5), 0.02 * tone(0.09), tone(8.0)])  # the quietest point: 1.5 s
+    d = make(script, config=SessionConfig(word_timestamps=True))
+    d.send({"type": "session.start", "word_timestamps": True, "endpointing": {"max_segment_s": 4}})
+    d.audio(np.concatenate([silence(0.3), dip, silence(1.2)]))
+    d.send({"type": "input.end"})
+    assert check_events(d.log, input_ended=True) == []  # includes: words inside their segment
+    finals = d.of("transcript.final")
+    first = finals[0]
+    assert first["reason"] == "max_length" and first["words"]
+    assert first["end_ms"] == first["words"][-1]["end_ms"]  # cut at the committed end, not 1.5 s
+    assert first["end_ms"] - first["start_ms"] > 2_000
+    assert finals[1]["start_ms"] == first["end_ms"]
+    decodes_of_first = [r for r in d.recognizer.requests if r.final and r.committed]
+    assert all(len(r.audio) != (first["end_ms"] - first["start_ms"]) * 16 for r in decodes_of_first)
+
+
+def test_partials_never_show_punctuation_alone():
+    """'. . .' opening a segment is dropped; a lone '.' after a word is not shown as tentative."""
+    script = [(" . . .", 400), (" Go", 900), (" on", 1400), (".", 1500)]
+    d = make(script)
+    d.audio(speech())
+    d.send({"type": "input.end"})
+    partials = d.of("transcript.partial")
+    assert partials
+    for partial in partials:
+        shown = partial["committed"] + partial["tentative"]
+        assert shown.strip() and shown.lstrip()[0].isalnum(), partial
+        assert not partial["tentative"] or any(c.isalnum() for c in partial["tentative"])
+    assert d.of("transcript.final")[0]["text"] == "Go on."
+
+
+def test_a_partial_answered_after_its_segment_ended_commits_nothing():
+    """A partial decode still running when the segment ends may have heard audio past its end.
+
+    Its words would otherwise be committed (they agree with the previous partial), though the
+    final, which decodes exactly the segment's audio, comes next anyway.
+    """
+    recognizer = ScriptedRecognizer(SCRIPT)
+    d = Driver(Session("s1", recognizer.info), recognizer, answer=False)
+    d.audio(np.concatenate([silence(0.5), tone(1.4)]))
+    first = d.session.next_request()
+    assert first is not None and not first.final
+    d.session.complete(recognizer.decode([first])[0])
+    d.audio(tone(1.0))
+    second = d.session.next_request()
+    assert second is not None and not second.final
+    d.audio(silence(1.2))  # the endpoint arrives while the second partial is "running"
+    d.session.complete(recognizer.decode([second])[0])  # agrees with the first
+    d.pump()
+    assert not [p for p in d.of("transcript.partial") if p["committed"]]
+    final_request = d.session.next_request()
+    assert final_request is not None and final_request.final and final_request.committed == ()

@@ -17,7 +17,7 @@ from client.connection import ServiceError, SessionSettings
 from client.file_streamer import PaceOptions, stream_samples
 from streaming.invariants import check_events
 from streaming.scoring import corpus_wer
-from streaming.server.websocket import ServerConfig, StreamingServer
+from streaming.server.service import ServerConfig, StreamingServer
 from tests.conftest import MS
 from tests.streaming.fakes import s16, silence
 
@@ -316,10 +316,10 @@ async def test_fast_pacing_is_throttled_by_acks_and_loses_nothing(whisper, corpu
 async def test_outbox_coalesces_partials_but_keeps_finals():
     """Superseded partials and acks are dropped from a backed-up outbox; finals never are."""
     from streaming import events as ev
-    from streaming.server.websocket import _Outbox
+    from streaming.server.outbox import Outbox
 
     async def run():
-        box = _Outbox(limit=5)
+        box = Outbox(limit=5)
         box.push(ev.TranscriptPartial(1, 0, "", "a"))
         box.push(ev.AudioAck(1, 1, 1, 0))
         box.push(ev.TranscriptPartial(2, 0, "a", " b"))
@@ -344,10 +344,10 @@ async def test_outbox_coalesces_partials_but_keeps_finals():
 async def test_outbox_flags_a_client_that_stopped_reading():
     """More essential events than the limit mark the outbox as overflowing."""
     from streaming import events as ev
-    from streaming.server.websocket import _Outbox
+    from streaming.server.outbox import Outbox
 
     async def run():
-        box = _Outbox(limit=3)
+        box = Outbox(limit=3)
         for i in range(4):
             box.push(ev.Warning(i, "w", "m"))
         return box.overflow
