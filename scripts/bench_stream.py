@@ -168,6 +168,9 @@ async def stream(
         if finalize_at_s is not None and "finalize" not in marks and sent_s >= finalize_at_s:
             marks["finalize"] = time.monotonic() - t0
             await client.finalize()
+    if finalize_at_s is not None and "finalize" not in marks:  # due with the last frame
+        marks["finalize"] = time.monotonic() - t0
+        await client.finalize()
     await client.end()
     marks["end"] = time.monotonic() - t0
     await receiver
@@ -341,6 +344,12 @@ async def main() -> None:
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--sets", default="short,long", help="of short, long, synthetic")
     parser.add_argument("--streams", default="1,2,3,4,5,6", help="capacity levels ('' skips)")
+    parser.add_argument(
+        "--capacity-seconds",
+        type=float,
+        default=90.0,
+        help="audio per capacity stream (the long-form set joined, looped)",
+    )
     parser.add_argument("--serve-args", default="", help="extra `asr-stream serve` options")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench_stream.json")
     args = parser.parse_args()
@@ -353,6 +362,8 @@ async def main() -> None:
     long_set = sets.get("long") or load_set("long", offline_model)
     del offline_model
     joined = np.concatenate([r.samples for r in long_set])
+    repeats = int(np.ceil(args.capacity_seconds * 16000 / len(joined)))
+    capacity_audio = np.tile(joined, repeats)[: int(args.capacity_seconds * 16000)]
     levels = [int(n) for n in args.streams.split(",") if n]
     server = Server(args.model, max(levels, default=1) + 1, args.serve_args.split())
     results: dict[str, Any] = {"model": args.model, "sets": {}, "capacity": []}
@@ -378,7 +389,7 @@ async def main() -> None:
             results["sets"][name] = measured
             print(f"  set {name} done", file=sys.stderr)
         for n in levels:
-            results["capacity"].append(await capacity_pass(server.url, joined, n))
+            results["capacity"].append(await capacity_pass(server.url, capacity_audio, n))
             print(f"  capacity {n}: {results['capacity'][-1]}", file=sys.stderr)
     finally:
         server.stop()

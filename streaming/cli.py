@@ -1,4 +1,4 @@
-"""The `asr-stream` command: serve the WebSocket service, or stream a file through it.
+"""The `asr-stream` command: serve the service, or stream a file or a microphone through it.
 
     asr-stream serve [--model tiny.en|base|DIR] [--port 8765] ...
     asr-stream transcribe FILE [--url ws://HOST:PORT] [--fast] [--output out.srt]
@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the WebSocket service")
+    serve = commands.add_parser(
+        "serve", help="run the service (native, OpenAI and Deepgram faces on one port)"
+    )
     add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1", help="interface (0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8765)
@@ -66,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
     serve.add_argument("--token", default=None, help="require this token from clients")
     serve.add_argument("--step-ms", type=int, default=1000, help="audio between partial decodes")
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=25.0,
+        help="largest file of the HTTP transcription API (default 25, as OpenAI's)",
+    )  # fmt: skip
     serve.add_argument(
         "--vad-aggressiveness", type=int, default=2, choices=range(4), help="webrtcvad 0-3"
     )
@@ -148,6 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
         certfile=args.certfile,
         keyfile=args.keyfile,
         token=args.token,
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         limits=Limits(step_ms=args.step_ms),
         vad=VadConfig(aggressiveness=args.vad_aggressiveness),
     )
@@ -161,7 +168,8 @@ def _serve(args: argparse.Namespace) -> int:
         scheme = "wss" if args.certfile else "ws"
         print(
             f"asr-stream: serving {server.model_name} on {scheme}://{args.host}:{server.port}"
-            "/v1/stream (page at /, health at /health); Ctrl-C stops",
+            "/v1/stream (OpenAI API at /v1, Deepgram at /v1/listen, page at /, health at "
+            "/health, metrics at /metrics); Ctrl-C stops",
             file=sys.stderr,
         )
         await stop.wait()

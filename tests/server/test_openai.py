@@ -125,7 +125,7 @@ async def test_granularities_follow_the_real_apis_rules(whisper, corpus):
     assert default.segments and default.words is None
     assert words.words and words.segments is None
     assert bad.status_code == 400 and "verbose_json" in bad.message
-    assert bad.body["param"] == "timestamp_granularities"  # type: ignore[index]
+    assert bad.body["param"] == "timestamp_granularities"
 
 
 async def test_streamed_deltas_add_up_to_the_done_text(whisper):
