@@ -51,6 +51,14 @@ class DecoderConfig:
     rope_theta: float = 1_000_000.0  # RoPE base
     tie_word_embeddings: bool = True  # the output head is the input embedding
     max_positions: int = 65_536  # longest prompt + generation the checkpoint supports
+    # rows of the output head: None for the language-model head (vocab_size rows); the forced
+    # aligner's head has one row per 80 ms timestamp class instead (5000, untied)
+    num_classes: int | None = None
+
+    @property
+    def head_size(self) -> int:
+        """Outputs of the head: the vocabulary, or the aligner's timestamp classes."""
+        return self.num_classes if self.num_classes is not None else self.vocab_size
 
     def __post_init__(self) -> None:
         for name in (
@@ -124,7 +132,34 @@ class DecoderConfig:
         if tie is None:
             tie = config.get("tie_word_embeddings", True)
         values["tie_word_embeddings"] = bool(tie)
+        classes = aligner_classes(config)
+        if classes is not None:  # a classification head is never the embedding
+            values["num_classes"] = classes
+            values["tie_word_embeddings"] = False
         return cls(**values)
+
+
+def aligner_classes(config: Mapping[str, Any]) -> int | None:
+    """The timestamp classes of a forced-aligner checkpoint's config.json, None for an ASR one.
+
+    Original layout: `thinker_config.model_type == "qwen3_forced_aligner"` with `classify_num`;
+    -hf layout: architecture `Qwen3ASRForTokenClassification` with `num_labels`.
+
+    Raises:
+        ValueError: an aligner config without a positive class count.
+    """
+    thinker = config.get("thinker_config")
+    if isinstance(thinker, Mapping) and thinker.get("model_type") == "qwen3_forced_aligner":
+        key, value = "thinker_config.classify_num", thinker.get("classify_num")
+    elif "Qwen3ASRForTokenClassification" in (config.get("architectures") or ()):
+        key, value = "num_labels", config.get("num_labels")
+        if value is None and isinstance(config.get("id2label"), Mapping):
+            value = len(config["id2label"])
+    else:
+        return None
+    if not _is_int(value) or int(value) <= 0:  # type: ignore[arg-type]
+        raise ValueError(f"config.json: {key} must be a positive int, got {value!r}")
+    return int(value)  # type: ignore[arg-type]
 
 
 def _rope_theta(text: Mapping[str, Any], where: str) -> float:

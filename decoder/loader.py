@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from decoder.config import DecoderConfig
+from decoder.config import DecoderConfig, aligner_classes
 from decoder.generate import decode
 from decoder.model import QwenDecoder, Rotary
 from decoder.prompt import (
@@ -80,7 +80,10 @@ def load_decoder(
         config = DecoderConfig.from_checkpoint_config(checkpoint.config)
     except ValueError as exc:
         raise CheckpointError(f"{checkpoint.directory / 'config.json'}: {exc}") from exc
-    tie = config.tie_word_embeddings or not checkpoint.has("lm_head.weight")
+    # an aligner's class head cannot stand in for a missing LM head, nor the other way round
+    tie = config.num_classes is None and (
+        config.tie_word_embeddings or not checkpoint.has("lm_head.weight")
+    )
     if tie and not config.tie_word_embeddings:
         log.warning("%s: no lm_head.weight; tying the head to the embedding", checkpoint.directory)
     with torch.device("meta"):
@@ -226,6 +229,11 @@ def load_qwen(
     if mode == "int8" and torch.device(device).type != "cpu":
         raise ValueError(f"int8 mode runs on the CPU only, got device {device!r}")
     checkpoint = Checkpoint(directory)
+    if aligner_classes(checkpoint.config) is not None:
+        raise CheckpointError(
+            f"{checkpoint.directory}: a Qwen3-ForcedAligner checkpoint, not a speech recognizer; "
+            "load it with --aligner"
+        )
     dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
     encoder = load_audio_encoder(
         checkpoint, dtype=dtype, device=device, window_seconds=window_seconds

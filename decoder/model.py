@@ -185,7 +185,7 @@ class QwenDecoder(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.head_size, bias=False)
         self.rotary = Rotary(config.head_dim, config.rope_theta)
         # dtype of new KV caches; None: the activation dtype. int8 mode stores bf16 keys and
         # values (half the memory per stream, an error far below int8's own)
@@ -272,5 +272,5 @@ class QwenDecoder(nn.Module):
         if cache is not None:
             cache.advance(count)
         if num_logits == 0:
-            return x.new_zeros(batch, 0, self.config.vocab_size)
+            return x.new_zeros(batch, 0, self.config.head_size)
         return self.lm_head(self.norm(x[:, count - num_logits :]))  # (B, num_logits, V)

@@ -8,7 +8,14 @@ merges.txt + tokenizer_config.json, and tokenizer.json). The `hf` layout loads w
 `transformers.AutoProcessor.from_pretrained(dir)`.
 
     python scripts/make_tiny_checkpoint.py OUT_DIR [--layout original|hf] [--shards N]
-        [--dtype bfloat16|float32] [--seed 0] [--window-seconds 8]
+        [--dtype bfloat16|float32] [--seed 0] [--window-seconds 8] [--aligner [CLASSES]]
+
+`--aligner` writes a Qwen3-ForcedAligner checkpoint instead: the same encoder and LLM body
+(the same seed gives the same weights), an untied head of CLASSES timestamp classes (default
+64, 5.1 s at 80 ms; the real model has 5000) stored as `thinker.lm_head` (original, with
+`thinker_config.model_type = "qwen3_forced_aligner"` and `classify_num`) or `score` (-hf, with
+`num_labels`, loading into `transformers.Qwen3ASRForTokenClassification`), and the aligner's
+chat template (audio, then each word and two `<timestamp>` slots, no chat turns).
 
 Token ids of the tiny tokenizer (the real model's are in brackets):
 
@@ -112,6 +119,19 @@ _CHAT_TEMPLATE = (
 )
 
 
+# the -hf aligner's template (transformers' convert script): audio, then words joined by slots
+_ALIGNER_TEMPLATE = (
+    "{%- set ns = namespace(audio_tokens='', words=[]) -%}{%- for m in messages -%}"
+    "{%- if m.content is not string -%}{%- for c in m.content -%}"
+    "{%- if c.type == 'audio' or ('audio' in c) or ('audio_url' in c) -%}"
+    "{%- set ns.audio_tokens = ns.audio_tokens + '<|audio_start|><|audio_pad|><|audio_end|>' -%}"
+    "{%- endif -%}"
+    "{%- if c.type == 'text' and (c.text is defined) -%}{%- set ns.words = ns.words + [c.text] -%}"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}{%- endfor -%}"
+    "{{- ns.audio_tokens + ns.words | join('<timestamp><timestamp>') + '<timestamp><timestamp>' -}}"
+)
+
+
 def make_tiny_checkpoint(
     out_dir: str | Path,
     layout: Layout = "original",
@@ -119,8 +139,9 @@ def make_tiny_checkpoint(
     dtype: Literal["bfloat16", "float32"] = "bfloat16",
     seed: int = 0,
     window_seconds: int = 8,
+    aligner_classes: int | None = None,
 ) -> Path:
-    """Writes a complete tiny random-weight Qwen3-ASR checkpoint.
+    """Writes a complete tiny random-weight Qwen3-ASR (or ForcedAligner) checkpoint.
 
     Args:
         out_dir: directory to create or fill.
@@ -129,6 +150,7 @@ def make_tiny_checkpoint(
         dtype: stored weight dtype.
         seed: seed of the random weights (the same seed gives the same weights in both layouts).
         window_seconds: attention window written as `n_window_infer` (1..8 s).
+        aligner_classes: write a forced aligner with this many timestamp classes.
 
     Returns:
         The directory.
@@ -147,9 +169,19 @@ def make_tiny_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
 
     weights = _random_weights(encoder, seed, getattr(torch, dtype))
+    config = _model_config(encoder, layout, dtype)
+    template = _CHAT_TEMPLATE
+    if aligner_classes is not None:
+        if aligner_classes < 2:
+            raise ValueError(f"aligner_classes must be at least 2, got {aligner_classes}")
+        weights["lm_head.weight"] = _aligner_head(aligner_classes, seed, getattr(torch, dtype))
+        config = _aligner_config(config, layout, aligner_classes)
+        template = _ALIGNER_TEMPLATE
     stored = {stored_name(name, layout): value for name, value in weights.items()}
+    if aligner_classes is not None and layout == "hf":
+        stored["score.weight"] = stored.pop("lm_head.weight")
     _write_weights(out, stored, shards)
-    _write_json(out / "config.json", _model_config(encoder, layout, dtype))
+    _write_json(out / "config.json", config)
     _write_json(
         out / "generation_config.json",
         {
@@ -160,7 +192,7 @@ def make_tiny_checkpoint(
         },
     )
     _write_json(out / "preprocessor_config.json", _preprocessor_config(layout))
-    _write_json(out / "chat_template.json", {"chat_template": _CHAT_TEMPLATE})
+    _write_json(out / "chat_template.json", {"chat_template": template})
     _write_tokenizer(out)
     return out
 
@@ -221,6 +253,43 @@ def _random_weights(encoder: EncoderConfig, seed: int, dtype: torch.dtype) -> di
         vector(f"{p}.post_attention_layernorm.weight", hidden, 1.0)
     vector("model.norm.weight", hidden, 1.0)
     return {name: value.to(dtype).contiguous() for name, value in weights.items()}
+
+
+def _aligner_head(classes: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+    """A random class head with O(1) logits, so that the argmax varies from slot to slot."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    hidden = TINY_TEXT["hidden_size"]
+    return (torch.randn(classes, hidden, generator=generator) / 8).to(dtype).contiguous()
+
+
+def _aligner_config(config: dict[str, Any], layout: Layout, classes: int) -> dict[str, Any]:
+    """The ASR config turned into the aligner's, in the layout's own spelling."""
+    timing = {"timestamp_token_id": TOKEN_IDS["<timestamp>"], "timestamp_segment_time": 80}
+    if layout == "original":
+        thinker = {
+            **config["thinker_config"],
+            "model_type": "qwen3_forced_aligner",
+            "classify_num": classes,
+            "text_config": {
+                **config["thinker_config"]["text_config"],
+                "tie_word_embeddings": False,
+            },
+        }
+        return {
+            **config,
+            "architectures": ["Qwen3ASRForConditionalGeneration"],
+            "support_languages": ["Chinese", "English"],
+            "thinker_config": thinker,
+            **timing,
+        }
+    return {
+        **config,
+        "architectures": ["Qwen3ASRForTokenClassification"],
+        "num_labels": classes,
+        "tie_word_embeddings": False,
+        "text_config": {**config["text_config"], "tie_word_embeddings": False},
+        **timing,
+    }
 
 
 def _write_weights(out: Path, tensors: dict[str, torch.Tensor], shards: int) -> None:
@@ -418,6 +487,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--window-seconds", type=int, default=8)
+    parser.add_argument("--aligner", type=int, nargs="?", const=64, default=None, metavar="CLASSES")
     args = parser.parse_args()
     path = make_tiny_checkpoint(
         args.out_dir,
@@ -426,6 +496,7 @@ def main() -> None:
         dtype=args.dtype,
         seed=args.seed,
         window_seconds=args.window_seconds,
+        aligner_classes=args.aligner,
     )
     print(path)
 

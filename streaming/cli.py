@@ -5,6 +5,7 @@
     asr-stream transcribe FILE --offline [--model DIR]   (whole file at once, no server)
     asr-stream mic [--url ws://HOST:PORT] [--device NAME] [--output out.vtt]
     asr-stream mqtt --broker mqtt://HOST:PORT [--worker-id ID] (see docs/mqtt.md)
+    asr-stream align AUDIO TEXT --aligner DIR [--language L] [--output words.srt|.vtt|.jsonl]
 
 Heavy modules are imported inside each subcommand so `--help` stays instant.
 """
@@ -107,6 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_session_options(mic)
     _add_output_options(mic)
 
+    align = commands.add_parser(
+        "align", help="time the words of a known transcript (Qwen3-ForcedAligner)"
+    )
+    align.add_argument("audio", type=Path, help="WAV, FLAC or OGG file (at most 180 s)")
+    align.add_argument("text", help="the transcript, or the path of a UTF-8 text file holding it")
+    align.add_argument(
+        "--aligner", default="Qwen/Qwen3-ForcedAligner-0.6B",
+        help="checkpoint folder (either layout) or its name in the local Hugging Face cache",
+    )  # fmt: skip
+    align.add_argument("--language", help="ISO code or name (en, zh, ja, ...); default: English")
+    align.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    align.add_argument("--dtype", choices=("float32", "bfloat16", "int8"))
+    _add_output_options(align)
+
     mqtt = commands.add_parser("mqtt", help="transcribe call-center audio taps over MQTT")
     mqtt_cli.add_arguments(mqtt)
     return parser
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         return _mic(args)
     if args.command == "mqtt":
         return mqtt_cli.run(args)
+    if args.command == "align":
+        return _align(args)
     raise AssertionError(args.command)
 
 
@@ -299,6 +316,43 @@ def _transcribe_offline(args: argparse.Namespace) -> int:
         recognizer.close()
         if writer is not None:
             writer.close()
+    return 0
+
+
+def _align(args: argparse.Namespace) -> int:
+    """Prints one line per word (start, end, word) and writes --output if given."""
+    from decoder.alignment import AlignmentError
+    from streaming.models.loading import ModelNotFoundError, load_forced_aligner
+    from streaming.offline import read_audio
+
+    text_path = Path(args.text)
+    try:
+        text = text_path.read_text(encoding="utf-8") if text_path.is_file() else args.text
+        samples = read_audio(args.audio)
+        aligner = load_forced_aligner(args.aligner, device=args.device, dtype=args.dtype)
+        alignment = aligner.align(samples, text, args.language or "en")
+    except (ValueError, OSError, ModelNotFoundError) as exc:  # AlignmentError is a ValueError
+        kind = "alignment" if isinstance(exc, AlignmentError) else "input"
+        print(f"asr-stream: {kind} error: {exc}", file=sys.stderr)
+        return 1
+    if not alignment.words:
+        print("asr-stream: the transcript has no word to align", file=sys.stderr)
+        return 1
+    words = [
+        {"word": w.text.strip(), "start_ms": w.start_ms, "end_ms": w.end_ms}
+        for w in alignment.words
+    ]
+    for word in words:
+        print(f"{word['start_ms'] / 1000:8.3f} {word['end_ms'] / 1000:8.3f}  {word['word']}")
+    writer = _writer(args)
+    if writer is not None:
+        writer.write(
+            {
+                "type": "transcript.final", "segment_id": 0, "text": " ".join(text.split()),
+                "start_ms": words[0]["start_ms"], "end_ms": words[-1]["end_ms"], "words": words,
+            }
+        )  # fmt: skip
+        writer.close()
     return 0
 
 

@@ -12,6 +12,7 @@ and the pieces are transcribed in order, each with the end of the text before it
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -33,6 +34,8 @@ SAMPLE_RATE = 16_000  # Hz
 SEARCH_S = 5.0  # a cut is searched this far before its target
 QUIET_WINDOW = 1_600  # samples: the 100 ms energy window of the reference's search
 PREVIOUS_CHARS = 200  # earlier text handed to the next piece
+
+log = logging.getLogger(__name__)
 
 
 def read_audio(source: Path | BinaryIO) -> np.ndarray:
@@ -112,14 +115,16 @@ def _final_decodes(
         request = DecodeRequest(
             audio=samples[start:end], context=options.context, hotwords=options.hotwords,
             previous_text=previous[-PREVIOUS_CHARS:], language=options.language, final=True,
+            align=options.word_timestamps,
         )  # fmt: skip
         hypothesis = recognizer.decode([request])[0]
         text = join_words(hypothesis.words)
         offset = start * 1000 // SAMPLE_RATE
         words: tuple[Word, ...] = ()
         if options.word_timestamps and recognizer.info.word_timestamps:
-            words = tuple(
-                Word(w.text, offset + w.start_ms, offset + w.end_ms) for w in hypothesis.words
-            )
+            timed = hypothesis.aligned if hypothesis.aligned is not None else hypothesis.words
+            words = tuple(Word(w.text, offset + w.start_ms, offset + w.end_ms) for w in timed)
+        if hypothesis.warning is not None:
+            log.warning("%s", hypothesis.warning[1])
         yield OfflineSegment(offset, end * 1000 // SAMPLE_RATE, text, hypothesis.language, words)
         previous = f"{previous} {text}".strip()

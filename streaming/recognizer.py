@@ -53,6 +53,8 @@ class DecodeRequest:
     final: bool = False
     # the recognizer's own state from the previous decode of this segment (None at first)
     state: object | None = None
+    # a final whose words the client wants timed (word_timestamps): an aligner times them
+    align: bool = False
 
     @property
     def duration_ms(self) -> int:
@@ -70,6 +72,12 @@ class Hypothesis:
     language: str | None = None
     # the state to pass back with the next request of the same segment
     state: object | None = None
+    # real word times of a final (an aligner's), replacing `words`' times in transcript.final;
+    # their texts join to the same text as `words`
+    aligned: tuple[Word, ...] | None = None
+    # (code, message) the session forwards to its client once per code, e.g. an aligner that
+    # lacks the segment's language
+    warning: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,7 @@ class Session:
         self._received_samples = 0  # at the client's rate
         self._last_ack_ms = -ACK_INTERVAL_MS
         self._lag_warned_ms = 0
+        self._warned: set[str] = set()  # recognizer warning codes already sent
         self._previous_text = ""
         self._last_segment_end = 0  # where the latest closed segment ended
         self._in_flight: tuple[_Segment, DecodeRequest] | None = None
@@ -302,6 +303,7 @@ class Session:
             language=self.config.language,
             final=final,
             state=segment.state,
+            align=final and self.config.word_timestamps,
         )
         self._in_flight = (segment, request)
         return request
@@ -321,8 +323,12 @@ class Session:
         segment.language = hypothesis.language or segment.language
         segment.decoded_until = segment.start + len(request.audio)
         tail = _spoken(hypothesis.words[n:], first=not request.committed)
+        if hypothesis.warning is not None and hypothesis.warning[0] not in self._warned:
+            self._warned.add(hypothesis.warning[0])  # once per session: finals keep coming
+            self._warn(*hypothesis.warning)
         if request.final:
-            self._finish(segment, request.committed + tuple(tail), hypothesis.language)
+            words = request.committed + tuple(tail)
+            self._finish(segment, words, hypothesis.language, hypothesis.aligned)
         elif segment.end is None:
             self._stabilize(segment, tail, request.duration_ms)
         # else: the segment ended while this partial ran; it may have heard audio past the end,
@@ -593,7 +599,13 @@ class Session:
             ),
         )
 
-    def _finish(self, segment: _Segment, words: tuple[Word, ...], language: str | None) -> None:
+    def _finish(
+        self,
+        segment: _Segment,
+        words: tuple[Word, ...],
+        language: str | None,
+        aligned: tuple[Word, ...] | None = None,
+    ) -> None:
         assert segment.end is not None and segment.reason is not None
         text = join_words(words)
         committed = join_words(segment.committed)
@@ -607,7 +619,7 @@ class Session:
                     "start_ms": offset + w.start_ms,
                     "end_ms": offset + w.end_ms,
                 }
-                for w in words
+                for w in (words if aligned is None else aligned)
                 if w.text.strip()
             ]
         end_ms = _ms(segment.end)

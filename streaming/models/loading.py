@@ -26,6 +26,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from streaming.models.whisper import WhisperOptions, WhisperRecognizer
 from streaming.recognizer import Recognizer
@@ -202,3 +203,40 @@ def _qwen_recognizer(
     if name is not None:
         recognizer.info = dataclasses.replace(recognizer.info, name=f"qwen3-asr:{name}")
     return recognizer
+
+
+def load_forced_aligner(source: str, *, device: str = "cpu", dtype: str | None = None) -> Any:
+    """Loads Qwen3-ForcedAligner from a local directory or the local Hugging Face cache.
+
+    Args:
+        source: a checkpoint directory (either layout) or a repository name
+            (`Qwen/Qwen3-ForcedAligner-0.6B`) already in the cache.
+        device: "cpu" or "cuda".
+        dtype: "float32", "bfloat16" or "int8" (default: int8 on the CPU, bfloat16 on a GPU).
+
+    Raises:
+        ModelNotFoundError: not on this machine, or not a usable aligner checkpoint.
+    """
+    from decoder.aligner import load_aligner
+    from encoder.checkpoint import CheckpointError
+
+    path = Path(source).expanduser()
+    if not path.exists() and _HUB_NAME.match(source):
+        path = hub_snapshot(source)
+    if not path.is_dir():
+        raise ModelNotFoundError(
+            f"aligner {source!r} is not a directory here: pass a Qwen3-ForcedAligner-0.6B "
+            "checkpoint folder (either layout)"
+        )
+    mode = dtype or ("int8" if device == "cpu" else "bfloat16")
+    try:
+        return load_aligner(path, mode=mode, device=device)  # type: ignore[arg-type]
+    except CheckpointError as exc:
+        raise ModelNotFoundError(f"{path} is not a usable aligner checkpoint: {exc}") from None
+
+
+def with_aligner(recognizer: Recognizer, aligner: Any) -> Recognizer:
+    """`recognizer` whose finals get word times from `aligner` (streaming.models.aligned)."""
+    from streaming.models.aligned import AlignedRecognizer
+
+    return AlignedRecognizer(recognizer, aligner)

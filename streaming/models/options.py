@@ -16,7 +16,7 @@ QWEN_DTYPES = ("float32", "bfloat16", "int8")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """Adds --model, --threads, --device, --dtype, --beam-size and --window-s to a parser."""
+    """Adds --model, --threads, --device, --dtype, --beam-size, --window-s and --aligner."""
     parser.add_argument(
         "--model",
         default="tiny.en",
@@ -47,6 +47,12 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
         metavar="1..8",
         help="Qwen3-ASR encoder window in seconds (default 4; the checkpoints' own is 8)",
     )
+    parser.add_argument(
+        "--aligner",
+        metavar="DIR",
+        help="a Qwen3-ForcedAligner-0.6B checkpoint (either layout, or its name in the local "
+        "Hugging Face cache): finals of sessions with word timestamps get its word times",
+    )
 
 
 def load_from_arguments(args: argparse.Namespace) -> Recognizer:
@@ -56,9 +62,9 @@ def load_from_arguments(args: argparse.Namespace) -> Recognizer:
         streaming.models.ModelNotFoundError: the model is not on this machine or not usable.
         ValueError: an option value the model cannot take.
     """
-    from streaming.models.loading import load_recognizer
+    from streaming.models.loading import load_forced_aligner, load_recognizer, with_aligner
 
-    return load_recognizer(
+    recognizer = load_recognizer(
         args.model,
         threads=args.threads,
         device=args.device,
@@ -66,3 +72,7 @@ def load_from_arguments(args: argparse.Namespace) -> Recognizer:
         window_s=args.window_s,
         beam_size=args.beam_size,
     )
+    if getattr(args, "aligner", None):
+        aligner = load_forced_aligner(args.aligner, device=args.device, dtype=args.dtype)
+        return with_aligner(recognizer, aligner)
+    return recognizer

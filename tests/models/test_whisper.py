@@ -105,12 +105,16 @@ def test_a_long_prefix_leaves_the_whole_budget_for_new_words(whisper):
 
 
 def test_the_decode_window_moves_at_committed_words_and_keeps_its_size(whisper) -> None:
-    """In a 40 s segment the window starts at a committed word, and stays one 15 s encoder pass.
+    """In a 40 s segment the window starts at a committed word, and stays one short encoder pass.
 
     Each step commits what the previous one heard up to 2 s before its edge, as the session's
-    maximum delay would; the window then never holds more than 12 s, so a step at second 40 costs
-    what a step at second 10 costs, and every committed word comes back verbatim.
+    maximum delay would; the window then never holds more than `max_window_s` plus one step, so
+    a step at second 40 costs what a step at second 10 costs, and every committed word comes back
+    verbatim.
     """
+    options = whisper.options
+    window_frames = int(options.window_s * 100)  # 10 ms mel frames
+    most_frames = int((options.max_window_s + 1) * 100)
     audio = long_form("gettysburg.wav", 40.0)
     committed: tuple[Word, ...] = ()
     state = None
@@ -118,7 +122,7 @@ def test_the_decode_window_moves_at_committed_words_and_keeps_its_size(whisper) 
     for end_s in range(1, 41):
         request = DecodeRequest(audio=audio[: end_s * 16_000], committed=committed, state=state)
         prepared = whisper._prepare(0, request)
-        assert prepared.window == 1500 and prepared.frames <= 1300
+        assert prepared.window == window_frames and prepared.frames <= most_frames
         hypothesis = whisper.decode([request])[0]
         assert hypothesis.words[: len(committed)] == committed
         state = hypothesis.state
