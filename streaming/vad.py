@@ -3,8 +3,10 @@
 webrtcvad classifies each 30 ms frame of 16 kHz audio as voiced or not. A segment starts when
 `start_frames` of the last `start_window` frames are voiced, reaching back `preroll_ms` before the
 first of them so soft onsets are kept; it ends after `silence_ms` without a voiced frame, keeping
-`tail_ms` of the silence so word endings are not clipped. A segment that reaches `max_segment_ms`
-is cut at the quietest recent frame and continues as a new segment.
+`tail_ms` of the silence so word endings are not clipped. A segment that nears `max_segment_ms`
+is cut in its first pause within `CUT_SEARCH_MS` of the limit, as soon as speech resumes after
+it; one that reaches the limit without a pause is cut at the quietest recent frame. The
+next segment continues from the cut.
 
 Only audio inside segments ever reaches a recognizer: silence cannot turn into hallucinated text.
 All positions are sample indices at 16 kHz from the start of the stream.
@@ -23,6 +25,11 @@ from streaming.audio import SAMPLE_RATE
 FRAME_MS = 30  # webrtcvad accepts 10, 20 or 30 ms frames
 FRAME = SAMPLE_RATE * FRAME_MS // 1000  # 480 samples
 CUT_SEARCH_MS = 3_000  # how far back a max-length cut looks for a quiet frame
+# A pause of this many unvoiced frames within CUT_SEARCH_MS of the limit cuts the segment (in
+# the pause's middle) when speech resumes. Measured (BENCHMARKS.md, issue 10): cutting only at the
+# limit, at the quietest of the last 3 s, put the cut up to 2.3 s in the past when it was made, so
+# those finals came 1.8-2.3 s after their segment's end before any decoding had started.
+PAUSE_FRAMES = 3  # 90 ms: a breath or a word boundary, not a syllable's closure
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class Endpointer:
         self.config = config or VadConfig()
         self.silence_frames = max(1, silence_ms // FRAME_MS)
         self.max_segment = max_segment_ms * SAMPLE_RATE // 1000
+        # a pause cuts from here on (never in the first half of a short limit)
+        search = min(CUT_SEARCH_MS * SAMPLE_RATE // 1000, self.max_segment // 2)
+        self.soft_limit = self.max_segment - search
         self.tail = min(self.config.tail_ms, silence_ms) * SAMPLE_RATE // 1000
         self.preroll = self.config.preroll_ms * SAMPLE_RATE // 1000
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
@@ -136,8 +146,16 @@ class Endpointer:
             self._recent.clear()
             return [SpeechStart(self._segment_start)]
         if voiced:
-            self._last_voiced_end = end
+            paused = self._silent_frames >= PAUSE_FRAMES
+            pause_start, self._last_voiced_end = self._last_voiced_end, end
             self._silent_frames = 0
+            if paused and start - self._segment_start >= self.soft_limit:
+                # speech resumed after a pause near the limit: cut in the pause's middle now
+                # (a pause that turns into silence_ms of silence ends the segment instead)
+                cut = (pause_start + start) // 2
+                self._last_end = cut
+                self._segment_start = cut
+                return [SpeechEnd(cut, "max_length"), SpeechStart(cut)]
         else:
             self._silent_frames += 1
         if self._silent_frames >= self.silence_frames:

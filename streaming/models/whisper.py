@@ -35,8 +35,8 @@ Decoding choices, from what went wrong in peers (shared/design/peer-measurements
   whisper_streaming take 4-21 s (beam search is an option, `beam_size`);
 - a bounded number of new tokens per request, scaled to the audio after the last committed
   word, and a repetition-loop trim when that bound is hit;
-- a 15 s encoder window (30 s only for a window that does not fit, e.g. a final of a session
-  without partials): a quarter of the 30 s encoder's cost, with the same WER;
+- a 15 s encoder window (longer only for a decode window that does not fit, in 5 s steps up to
+  30 s; `encoder_window`): half the 30 s encoder's cost, with the same WER;
 - a fixed low-level dither (-70 dBFS) on the segment audio: stretches of exact digital zeros
   (a browser stream's first moments, noise-gated microphones) made tiny.en drop the first word
   of an utterance in 2-3 s decodes ("And Mr. John ..." -> "Mr. John ..."), which LocalAgreement
@@ -74,6 +74,8 @@ from streaming.recognizer import (
 
 SAMPLE_RATE = 16_000  # Hz
 HOP = 160  # samples per mel frame: 10 ms
+FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s input
+ENCODER_STEP_FRAMES = 500  # longer decode windows grow the encoder input in 5 s steps
 MS_PER_ALIGNMENT_STEP = 20  # encoder frames are 2 mel frames
 MAX_TOKENS = 448  # Whisper's text context, prompt included
 MAX_PROMPT_TOKENS = MAX_TOKENS // 2 - 1  # Whisper's own cap for previous-text prompts
@@ -88,6 +90,20 @@ DITHER_RMS = 10 ** (-70 / 20)  # -70 dBFS: far below speech, above the log-mel f
 MIN_PREFIX_WORDS = 2
 
 
+def encoder_window(frames: int, window_s: float) -> int:
+    """Mel frames the encoder sees for a decode window of `frames` (10 ms each).
+
+    `window_s` when the audio fits, else the next multiple of 5 s up to Whisper's 30 s: the
+    encoder's cost grows with its input, and a window that outgrows the short one (nothing
+    committed yet to move the anchor to, a final after a lagging partial) should cost what its
+    audio needs, not a whole 30 s pass. Measured under load: with only 10 s and 30 s, two
+    streams' late finals fed each other through 30 s passes (BENCHMARKS.md, issue 10).
+    """
+    if frames <= window_s * 100:
+        return int(window_s * 100)
+    return min(math.ceil(frames / ENCODER_STEP_FRAMES) * ENCODER_STEP_FRAMES, FULL_WINDOW_FRAMES)
+
+
 @dataclass(frozen=True)
 class WhisperOptions:
     """How the Whisper recognizer runs."""
@@ -98,17 +114,17 @@ class WhisperOptions:
     device: str = "cpu"
     # threads inside one decode (2 = both cores of the reference machine)
     threads: int = 2
-    # encoder window for decode windows that fit it, seconds (longer ones use 30 s)
-    window_s: float = 10.0
+    # encoder window for decode windows that fit it, seconds (longer: `encoder_window`)
+    window_s: float = 15.0
     # the decode window's audio never exceeds this while committed words allow a move, seconds
-    max_window_s: float = 8.0
-    # ... and a move leaves about this much audio in it. Measured over the long, short and
-    # synthetic sets (2284 words, BENCHMARKS.md): 10/8/6 s make 265 errors in 215 s of decoding,
-    # 15/12/9 s 253 errors in 334 s, 15/8/6 s 267 in 254 s, 10/9/7 s 287 in 224 s, 10/5/4 s 282
-    # in 201 s. Neighbouring settings differ by +-20 errors (greedy decoding is chaotic), so the
-    # accuracy is the same within noise and the shorter window buys a third of the decode time
-    # (the forced prefix is decoded token by token: fewer kept words, fewer steps).
-    keep_window_s: float = 6.0
+    max_window_s: float = 12.0
+    # ... and a move leaves about this much audio in it. Measured replaying the long, short and
+    # synthetic sets at 1 s steps (2284 words, BENCHMARKS.md): 15/12/9 s make 253 errors in 334 s
+    # of decoding, 10/8/6 s 265 in 215 s, 15/8/6 s 267 in 254 s, 10/9/7 s 287 in 224 s. Same
+    # accuracy within noise there, but served in real time the short window inserted repeated
+    # phrases on the Ecclesiastes reading (10-13 % WER against 2.5 %, three runs): 12/9 s stays
+    # until the shorter window is fixed, at a third more decode time.
+    keep_window_s: float = 9.0
     # committed text before the anchor handed to the decoder as previous-text prompt, tokens
     previous_tokens: int = 32
     # ... and before it, the previous segments' text
@@ -231,8 +247,7 @@ class WhisperRecognizer(Recognizer):
         start = state.anchor_ms * SAMPLE_RATE // 1000
         audio = request.audio[start:]
         frames = len(audio) // HOP
-        window_s = self.options.window_s if frames <= self.options.window_s * 100 else 30.0
-        window = int(window_s * 100)
+        window = encoder_window(frames, self.options.window_s)
         # Whisper's log-mel floor is relative to the loudest frame of the input, so features are
         # computed with the window's zero padding included, as Whisper was trained.
         padded = np.zeros(window * HOP, np.float32)
@@ -282,7 +297,7 @@ class WhisperRecognizer(Recognizer):
             if committed[j].start_ms > state.anchor_ms
         ]
         if not candidates:
-            return state  # too little committed yet: the window grows (30 s encoder past 15 s)
+            return state  # too little committed yet: the window grows (`encoder_window`)
         fitting = [j for j in candidates if audio_ms - committed[j].start_ms <= keep_ms]
         best = fitting[0] if fitting else candidates[-1]
         return WhisperSegmentState(state.language, committed[best].start_ms, best)

@@ -178,3 +178,18 @@ def test_offline_transcription_is_faster_whispers_own_pipeline(whisper, capsys):
     assert cli.main(["transcribe", str(path), "--offline"]) == 0
     assert capsys.readouterr().out.splitlines() == expected
     assert len(" ".join(expected).split()) > 60  # all five sentences
+
+
+def test_a_window_that_outgrows_the_short_encoder_pass_grows_in_5_s_steps(whisper) -> None:
+    """Nothing committed yet, 17 s of speech: a 20 s encoder pass, not a whole 30 s one."""
+    from streaming.models.whisper import encoder_window
+
+    assert encoder_window(900, 15.0) == 1500
+    assert [encoder_window(f, 15.0) for f in (1501, 2000, 2001, 2999, 3000)] == [
+        2000, 2000, 2500, 3000, 3000,
+    ]  # fmt: skip
+    audio = long_form("gettysburg.wav", 17.0)
+    prepared = whisper._prepare(0, DecodeRequest(audio=audio))
+    assert prepared.window == 2000 and prepared.frames == 1700
+    words = whisper.decode([DecodeRequest(audio=audio)])[0].words
+    assert len(words) > 30  # about 2.5 words a second, none lost to the window

@@ -69,3 +69,28 @@ def test_forced_end_closes_the_open_segment_once():
     feed(endpointer, np.concatenate([silence(0.3), tone(1.0)]))
     assert isinstance(endpointer.end_segment(20000), SpeechEnd)
     assert endpointer.end_segment(20000) is None
+
+
+def test_a_pause_near_the_limit_cuts_as_soon_as_speech_resumes():
+    """Max 6 s: a pause at 1.5 s is kept (too early), the one at 3.8 s cuts, in its middle,
+    once the next voiced frames arrive: no look-back into audio heard seconds ago. (webrtcvad
+    holds "voiced" ~120 ms into a pause, so these pauses are 300 ms.)"""
+    pause = silence(0.3)
+    x = np.concatenate([silence(0.5), tone(1.5), pause, tone(2.0), pause, tone(1.0), silence(1)])
+    endpointer = Endpointer(600, 6000)
+    cuts = []
+    for i in range(0, len(x), 320):
+        for boundary in endpointer.accept(x[i : i + 320]):
+            if isinstance(boundary, SpeechEnd) and boundary.reason == "max_length":
+                cuts.append((boundary.position, i + 320))
+    assert len(cuts) == 1
+    (cut, decided_at), pause_start = cuts[0], int((0.5 + 1.5 + 0.3 + 2.0) * 16000)
+    pause_end = pause_start + int(0.3 * 16000)
+    assert pause_start <= cut <= pause_end
+    assert decided_at - pause_end <= int(0.2 * 16000)  # within 200 ms of speech resuming
+
+
+def test_a_pause_that_becomes_silence_is_an_endpoint_not_a_cut():
+    x = np.concatenate([silence(0.5), tone(4.0), silence(1.0)])  # soft limit at 3 s
+    boundaries = feed(Endpointer(600, 6000), x)
+    assert [b.reason for b in boundaries if isinstance(b, SpeechEnd)] == ["endpoint"]
