@@ -35,10 +35,10 @@ from decoder.alignment import (
     positive_spans,
 )
 from decoder.config import aligner_classes
-from decoder.loader import MODES, Mode, load_decoder, quantize_model
+from decoder.loader import MODES, Mode, load_modules
 from decoder.model import QwenDecoder
 from decoder.tokenizer import QwenTokenizer
-from encoder.checkpoint import Checkpoint, CheckpointError, load_audio_encoder
+from encoder.checkpoint import Checkpoint, CheckpointError
 from encoder.features import REFERENCE_MIN_SAMPLES, SAMPLE_RATE, LogMelFrontEnd
 from encoder.model import AudioEncoder
 from streaming.recognizer import Word
@@ -164,14 +164,7 @@ def load_aligner(
             "thinker_config.model_type 'qwen3_forced_aligner' or the architecture "
             "Qwen3ASRForTokenClassification)"
         )
-    dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
-    encoder = load_audio_encoder(checkpoint, dtype=dtype, device=device)
-    decoder = load_decoder(checkpoint, dtype=dtype, device=device)
-    encoder.requires_grad_(False)
-    decoder.requires_grad_(False)
-    if mode == "int8":
-        quantize_model(encoder, decoder)
-    tokenizer = QwenTokenizer.from_directory(checkpoint.directory)
+    encoder, decoder, tokenizer = load_modules(checkpoint, mode=mode, device=device)
     timestamp_id = tokenizer.token_id(TIMESTAMP_TOKEN)
     configured = checkpoint.config.get("timestamp_token_id")
     if timestamp_id is None or (configured is not None and int(configured) != timestamp_id):

@@ -234,6 +234,32 @@ def load_qwen(
             f"{checkpoint.directory}: a Qwen3-ForcedAligner checkpoint, not a speech recognizer; "
             "load it with --aligner"
         )
+    encoder, decoder, tokenizer = load_modules(
+        checkpoint, mode=mode, device=device, window_seconds=window_seconds
+    )
+    stop_ids, max_new = _generation_settings(checkpoint.directory, tokenizer)
+    supported = checkpoint.config.get("support_languages")
+    languages = tuple(LANGUAGE_NAMES.values())
+    if isinstance(supported, list) and supported:
+        languages = tuple(normalize_language_name(str(n)) for n in supported)
+    return QwenModel(
+        encoder, decoder, tokenizer, stop_ids, languages, max_new, mode,
+        LogMelFrontEnd(device=device),
+    )  # fmt: skip
+
+
+def load_modules(
+    checkpoint: Checkpoint,
+    *,
+    mode: Mode,
+    device: torch.device | str = "cpu",
+    window_seconds: int | None = None,
+) -> tuple[AudioEncoder, QwenDecoder, QwenTokenizer]:
+    """The encoder, decoder and tokenizer of a checkpoint (recognizer or aligner), in `mode`.
+
+    Raises:
+        CheckpointError: a file is missing, unreadable or does not fit.
+    """
     dtype = torch.bfloat16 if mode == "bfloat16" else torch.float32
     encoder = load_audio_encoder(
         checkpoint, dtype=dtype, device=device, window_seconds=window_seconds
@@ -244,16 +270,7 @@ def load_qwen(
     decoder.requires_grad_(False)
     if mode == "int8":
         quantize_model(encoder, decoder)
-    tokenizer = QwenTokenizer.from_directory(checkpoint.directory)
-    stop_ids, max_new = _generation_settings(checkpoint.directory, tokenizer)
-    supported = checkpoint.config.get("support_languages")
-    languages = tuple(LANGUAGE_NAMES.values())
-    if isinstance(supported, list) and supported:
-        languages = tuple(normalize_language_name(str(n)) for n in supported)
-    return QwenModel(
-        encoder, decoder, tokenizer, stop_ids, languages, max_new, mode,
-        LogMelFrontEnd(device=device),
-    )  # fmt: skip
+    return encoder, decoder, QwenTokenizer.from_directory(checkpoint.directory)
 
 
 def quantize_model(encoder: AudioEncoder, decoder: QwenDecoder) -> None:

@@ -342,13 +342,7 @@ class RealtimeFace(Face):
         turn = self._turn_of(segment)
         if turn is None or segment in self._suppressed:
             return []
-        text = " ".join(t for t in [*turn.texts, segment_text] if t)
-        if not text.startswith(turn.sent) or len(text) == len(turn.sent):
-            return []
-        delta = text[len(turn.sent) :]
-        turn.sent = text
-        return [{"type": "conversation.item.input_audio_transcription.delta",
-                 "item_id": turn.item_id, "content_index": 0, "delta": delta}]  # fmt: skip
+        return self._text_delta(turn, segment_text)
 
     def _speech_stopped(self, event: ev.SpeechStopped) -> list[dict[str, Any]]:
         turn = self._turn_of(event.segment_id)
@@ -379,7 +373,7 @@ class RealtimeFace(Face):
         if turn is None or event.segment_id in self._suppressed:
             self._suppressed.discard(event.segment_id)
             return []
-        out = self._delta_for_final(turn, event.text)
+        out = self._text_delta(turn, event.text)
         turn.texts.append(event.text)
         turn.finals += 1
         duration = max(0, event.end_ms - turn.audio_start_ms) / 1000
@@ -390,7 +384,8 @@ class RealtimeFace(Face):
             out.append(self._completed(turn, duration))
         return out
 
-    def _delta_for_final(self, turn: Turn, text: str) -> list[dict[str, Any]]:
+    def _text_delta(self, turn: Turn, text: str) -> list[dict[str, Any]]:
+        """The delta that extends what the turn has sent to its texts plus `text`, if any."""
         full = " ".join(t for t in [*turn.texts, text] if t)
         if not full.startswith(turn.sent) or len(full) == len(turn.sent):
             return []

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -16,21 +14,12 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from streaming.scoring import corpus_wer
-from streaming.server.service import ServerConfig, StreamingServer
+from streaming.server.service import StreamingServer
 from tests.conftest import MS
 from tests.mqtt.taps import telephony
+from tests.server.serving import serving
 
 pytestmark = pytest.mark.asyncio
-
-
-@contextlib.asynccontextmanager
-async def serving(recognizer, **options) -> AsyncIterator[StreamingServer]:
-    server = StreamingServer(recognizer, ServerConfig(port=0, web_root=None, **options))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.shutdown()
 
 
 def deepgram(server: StreamingServer, key: str = "k") -> AsyncDeepgramClient:

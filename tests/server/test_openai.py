@@ -19,20 +19,11 @@ from websockets.asyncio.client import connect
 
 from streaming.offline import transcribe_file
 from streaming.recognizer import OfflineOptions
-from streaming.server.service import ServerConfig, StreamingServer
+from streaming.server.service import StreamingServer
 from tests.conftest import DATA_DIR
+from tests.server.serving import serving
 
 pytestmark = pytest.mark.asyncio
-
-
-@contextlib.asynccontextmanager
-async def serving(recognizer, **options) -> AsyncIterator[StreamingServer]:
-    server = StreamingServer(recognizer, ServerConfig(port=0, web_root=None, **options))
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.shutdown()
 
 
 @contextlib.asynccontextmanager

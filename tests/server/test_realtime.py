@@ -14,9 +14,9 @@ import pytest
 import soxr
 
 from streaming.scoring import corpus_wer
-from streaming.server.service import ServerConfig, StreamingServer
 from tests.conftest import MS
 from tests.mqtt.taps import telephony
+from tests.server.serving import serving as serving_server
 
 pytestmark = pytest.mark.asyncio
 COMPLETED = "conversation.item.input_audio_transcription.completed"
@@ -25,17 +25,15 @@ DELTA = "conversation.item.input_audio_transcription.delta"
 
 @contextlib.asynccontextmanager
 async def serving(recognizer) -> AsyncIterator[openai.AsyncOpenAI]:
-    server = StreamingServer(recognizer, ServerConfig(port=0, web_root=None))
-    await server.start()
-    client = openai.AsyncOpenAI(
-        api_key="local", base_url=f"http://127.0.0.1:{server.port}/v1",
-        websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0,
-    )  # fmt: skip
-    try:
-        yield client
-    finally:
-        await client.close()
-        await server.shutdown()
+    async with serving_server(recognizer) as server:
+        client = openai.AsyncOpenAI(
+            api_key="local", base_url=f"http://127.0.0.1:{server.port}/v1",
+            websocket_base_url=f"ws://127.0.0.1:{server.port}/v1", max_retries=0,
+        )  # fmt: skip
+        try:
+            yield client
+        finally:
+            await client.close()
 
 
 def pcm24k(samples: np.ndarray, lead_s: float = 0.5, trail_s: float = 1.2) -> bytes:
