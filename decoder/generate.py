@@ -17,8 +17,9 @@ Shape legend: T tokens; D hidden; V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 
@@ -27,6 +28,88 @@ from decoder.model import QwenDecoder
 from streaming.loops import without_loop
 
 PREFILL_CHUNK = 256  # tokens per prefill pass: bounds the (T, S) attention scores of long audio
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One decoder call a decode needs: new positions after its cache's, and logits wanted."""
+
+    x: torch.Tensor  # (1, T, D) embeddings
+    cache: KVCache
+    num_logits: int
+
+
+# A decode written as a generator: it yields the `Forward`s it needs one at a time, is sent each
+# one's logits (num_logits, V), and returns its result. `run` drives one alone; `run_batched`
+# drives several in lockstep, one packed decoder pass per round (`QwenDecoder.forward_many`).
+Steps = Generator[Forward, torch.Tensor, R]
+
+
+@torch.no_grad()
+def run(decoder: QwenDecoder, steps: Steps[R]) -> R:
+    """Drives one decode: each `Forward` is one `decoder(...)` call."""
+    try:
+        forward = next(steps)
+        while True:
+            logits = decoder(forward.x, forward.cache, num_logits=forward.num_logits)[0]
+            forward = steps.send(logits)
+    except StopIteration as done:
+        return cast(R, done.value)
+
+
+@torch.no_grad()
+def run_batched(decoder: QwenDecoder, decodes: Sequence[Steps[R]]) -> list[R]:
+    """Drives several decodes (each over its own cache) in lockstep.
+
+    Each round packs the pending `Forward` of every decode still running into one
+    `forward_many` pass: ragged prefills and single-token steps of different streams share the
+    Linears and the head; attention stays per stream. A decode leaves the lockstep when it
+    returns (stop token, loop, budget). With a batch-invariant decoder (int8) every decode's
+    tokens are bitwise those of `run` alone. If a pass raises, the exception propagates and the
+    caches hold scratch past their callers' stable prefixes only, so each can be retried.
+    """
+    results: list[R | None] = [None] * len(decodes)
+    pending: dict[int, Forward] = {}
+    for i, steps in enumerate(decodes):
+        try:
+            pending[i] = next(steps)
+        except StopIteration as done:
+            results[i] = done.value
+    while pending:
+        order = list(pending)
+        forwards = [pending[i] for i in order]
+        logits = decoder.forward_many(
+            [f.x for f in forwards], [f.cache for f in forwards], [f.num_logits for f in forwards]
+        )
+        for i, out in zip(order, logits, strict=True):
+            try:
+                pending[i] = decodes[i].send(out[0])
+            except StopIteration as done:
+                results[i] = done.value
+                del pending[i]
+    return cast(list[R], results)
+
+
+def prefill_steps(
+    decoder: QwenDecoder,
+    cache: KVCache,
+    x: torch.Tensor,
+    *,
+    num_logits: int = 1,
+    chunk: int = PREFILL_CHUNK,
+) -> Steps[torch.Tensor]:
+    """`prefill` as steps (see `Steps`)."""
+    count = x.shape[1]
+    if not 0 <= num_logits <= count:
+        raise ValueError(f"num_logits must be in 0..{count}, got {num_logits}")
+    body = count - max(num_logits, 1) if count else 0
+    for start in range(0, body, chunk):
+        yield Forward(x[:, start : min(start + chunk, body)], cache, 0)
+    if count == 0:
+        return x.new_zeros(0, decoder.config.vocab_size)
+    return (yield Forward(x[:, body:], cache, num_logits))
 
 
 @torch.no_grad()
@@ -50,15 +133,7 @@ def prefill(
     Returns:
         (num_logits, V) logits.
     """
-    count = x.shape[1]
-    if not 0 <= num_logits <= count:
-        raise ValueError(f"num_logits must be in 0..{count}, got {num_logits}")
-    body = count - max(num_logits, 1) if count else 0
-    for start in range(0, body, chunk):
-        decoder(x[:, start : min(start + chunk, body)], cache, num_logits=0)
-    if count == 0:
-        return x.new_zeros(0, decoder.config.vocab_size)
-    return decoder(x[:, body:], cache, num_logits=num_logits)[0]
+    return run(decoder, prefill_steps(decoder, cache, x, num_logits=num_logits, chunk=chunk))
 
 
 @dataclass
@@ -95,8 +170,7 @@ def greedy(
             logits = decoder(decoder.embed([token]), cache, num_logits=1)[0, -1]
 
 
-@torch.no_grad()
-def decode(
+def decode_steps(
     decoder: QwenDecoder,
     cache: KVCache,
     x: torch.Tensor,
@@ -107,8 +181,8 @@ def decode(
     history: Sequence[int] = (),
     loop_guard: bool = True,
     keep_logits: bool = False,
-) -> Generated:
-    """Prefills `x` (and a draft) and continues greedily.
+) -> Steps[Generated]:
+    """Prefills `x` (and a draft) and continues greedily, as steps (see `Steps`).
 
     Args:
         decoder: the decoder.
@@ -128,14 +202,14 @@ def decode(
     """
     out = Generated()
     if max_new <= 0:
-        prefill(decoder, cache, x, num_logits=0)
+        yield from prefill_steps(decoder, cache, x, num_logits=0)
         out.prefilled = x.shape[1]
         return out
     draft = list(draft)[:max_new]
     if draft:
         x = torch.cat([x, decoder.embed(draft)], dim=1)
     before = cache.position
-    logits = prefill(decoder, cache, x, num_logits=len(draft) + 1)  # (k+1, V)
+    logits = yield from prefill_steps(decoder, cache, x, num_logits=len(draft) + 1)  # (k+1, V)
     out.prefilled = x.shape[1]
     predicted = logits.argmax(-1).tolist()
     accepted = 0
@@ -151,19 +225,46 @@ def decode(
     # the rejected draft positions become scratch
     cache.truncate(before + x.shape[1] - (len(draft) - accepted))
     if out.stop != "eos" and len(out.tokens) < max_new:
-        steps = greedy(decoder, cache, logits[accepted], max_new=max_new - len(out.tokens))
-        for index, (token, token_logits) in enumerate(steps):
-            out.decoded += index > 0  # the first token comes from the prefill's logits
+        token_logits = logits[accepted]  # the first token comes from the prefill's logits
+        while True:
+            token = int(token_logits.argmax())
             out.tokens.append(token)
             if keep_logits:
                 out.logits.append(token_logits)
             if token in stop_ids:
                 out.stop = "eos"
                 break
+            if len(out.tokens) >= max_new:
+                break
+            token_logits = (yield Forward(decoder.embed([token]), cache, 1))[-1]
+            out.decoded += 1
     if out.stop == "limit" and loop_guard and _trim_loop(out, history):
         # the cache holds the answer's tokens in order: drop those of the cut copies
         cache.truncate(min(cache.position, before + x.shape[1] - len(draft) + len(out.tokens)))
     return out
+
+
+@torch.no_grad()
+def decode(
+    decoder: QwenDecoder,
+    cache: KVCache,
+    x: torch.Tensor,
+    *,
+    max_new: int,
+    stop_ids: frozenset[int],
+    draft: Sequence[int] = (),
+    history: Sequence[int] = (),
+    loop_guard: bool = True,
+    keep_logits: bool = False,
+) -> Generated:
+    """`decode_steps` run alone: prefill `x` (and a draft), then greedy tokens."""
+    return run(
+        decoder,
+        decode_steps(
+            decoder, cache, x, max_new=max_new, stop_ids=stop_ids, draft=draft, history=history,
+            loop_guard=loop_guard, keep_logits=keep_logits,
+        ),
+    )  # fmt: skip
 
 
 def _trim_loop(out: Generated, history: Sequence[int]) -> bool:

@@ -22,6 +22,8 @@ K KV heads; E head dim; F SwiGLU width; V vocabulary.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,10 +97,54 @@ class Attention(nn.Module):
         layer: int,
     ) -> torch.Tensor:
         """(B, T, D) new tokens -> (B, T, D), attending to the cache and to each other causally."""
+        if cache is not None:
+            return self.forward_many(x, [rope], [cache], [x.shape[1]], layer)
+        b, t, _ = x.shape
+        q, k, v = self._project(x)
+        return self.o_proj(self._attend(q, k, v, rope, None, layer).reshape(b, t, -1).to(x.dtype))
+
+    def forward_many(
+        self,
+        x: torch.Tensor,
+        ropes: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        caches: Sequence[KVCache],
+        counts: Sequence[int],
+        layer: int,
+    ) -> torch.Tensor:
+        """(1, N, D) rows of several sequences, packed -> (1, N, D).
+
+        The projections run once over all rows; attention runs per sequence (`counts[i]` rows
+        of sequence i, over its own cache), with exactly the arithmetic of that sequence alone.
+        """
+        q, k, v = self._project(x)
+        outs, offset = [], 0
+        for rope, cache, count in zip(ropes, caches, counts, strict=True):
+            rows = slice(offset, offset + count)
+            out = self._attend(q[:, rows], k[:, rows], v[:, rows], rope, cache, layer)
+            outs.append(out.reshape(1, count, -1))
+            offset += count
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        return self.o_proj(out.to(x.dtype))  # (1, N, D)
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, D) -> q (B, T, H, E) and k, v (B, T, K, E), QK-normed."""
         b, t, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(b, t, self.num_heads, self.head_dim))
         k = self.k_norm(self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim))
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim)
+        return q, k, v
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:
+        """Rotated attention of one sequence's new rows -> (B, T, H, E)."""
+        t = q.shape[1]
         cos, sin = rope
         q = apply_rotary(q.transpose(1, 2), cos, sin)  # (B, H, T, E)
         k = apply_rotary(k.transpose(1, 2), cos, sin)  # (B, K, T, E)
@@ -113,11 +159,11 @@ class Attention(nn.Module):
             out = self._one_query(q, k, v)
         else:
             # query i sits at position start + i and sees keys 0 .. start + i
-            keys = torch.arange(k.shape[2], device=x.device)
-            queries = torch.arange(start, start + t, device=x.device)
+            keys = torch.arange(k.shape[2], device=q.device)
+            queries = torch.arange(start, start + t, device=q.device)
             mask = keys[None, :] <= queries[:, None]  # (T, S)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1).to(x.dtype))  # (B, T, D)
+        return out.transpose(1, 2)
 
     def _one_query(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attention of one new token, (B, H, 1, E) over (B, K, S, E) -> (B, H, 1, E).
@@ -166,6 +212,18 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         """(B, T, D) -> (B, T, D)."""
         x = x + self.self_attn(self.input_layernorm(x), rope, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_many(
+        self,
+        x: torch.Tensor,
+        ropes: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        caches: Sequence[KVCache],
+        counts: Sequence[int],
+        layer: int,
+    ) -> torch.Tensor:
+        """(1, N, D) packed rows of several cached sequences -> (1, N, D)."""
+        x = x + self.self_attn.forward_many(self.input_layernorm(x), ropes, caches, counts, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -274,3 +332,60 @@ class QwenDecoder(nn.Module):
         if num_logits == 0:
             return x.new_zeros(batch, 0, self.config.head_size)
         return self.lm_head(self.norm(x[:, count - num_logits :]))  # (B, num_logits, V)
+
+    @torch.no_grad()
+    def forward_many(
+        self,
+        xs: Sequence[torch.Tensor],
+        caches: Sequence[KVCache],
+        num_logits: Sequence[int],
+    ) -> list[torch.Tensor]:
+        """`forward` of several cached sequences in one pass (ragged rows packed, not padded).
+
+        Every Linear and the head run once over the rows of all sequences; RoPE positions and
+        attention are per sequence, over its own cache. With a batch-invariant Linear (int8,
+        `decoder.quant`) each sequence's logits are bitwise those of `forward` alone; in fp32
+        they differ by GEMM rounding only (the kernel's blocking depends on the row count).
+
+        Args:
+            xs: per sequence (1, T_i, D) embeddings or (1, T_i) ids.
+            caches: per sequence its cache (distinct caches), advanced by T_i.
+            num_logits: per sequence how many of its last positions need logits.
+
+        Returns:
+            Per sequence logits (1, num_logits[i], V).
+        """
+        if not len(xs) == len(caches) == len(num_logits) or not xs:
+            raise ValueError("forward_many needs as many inputs, caches and logit counts (>= 1)")
+        if len({id(c) for c in caches}) != len(caches):
+            raise ValueError("forward_many: each sequence needs its own cache")
+        xs = [self.embed(x[0]) if x.dim() == 2 else x for x in xs]
+        counts = [x.shape[1] for x in xs]
+        for x, count, cache, n in zip(xs, counts, caches, num_logits, strict=True):
+            if x.dim() != 3 or x.shape[0] != 1 or x.shape[-1] != self.config.hidden_size:
+                raise ValueError(f"each input must be (1, T, {self.config.hidden_size})")
+            if not 0 <= n <= count:
+                raise ValueError(f"num_logits must be in 0..{count}, got {n}")
+            if cache.position + count > self.config.max_positions:
+                raise ValueError(
+                    f"sequence of {cache.position + count} positions exceeds the decoder's "
+                    f"{self.config.max_positions}"
+                )
+            cache.reserve(count)
+        ropes = [
+            self.rotary(c.position, n, self.dtype) for c, n in zip(caches, counts, strict=True)
+        ]
+        x = torch.cat([piece.to(self.dtype) for piece in xs], dim=1)  # (1, N, D)
+        for index, layer in enumerate(self.layers):
+            assert isinstance(layer, DecoderLayer)
+            x = layer.forward_many(x, ropes, caches, counts, index)
+        picks, offset = [], 0
+        for cache, count, n in zip(caches, counts, num_logits, strict=True):
+            cache.advance(count)
+            picks.append(x[:, offset + count - n : offset + count])
+            offset += count
+        wanted = sum(num_logits)
+        if wanted == 0:
+            return [x.new_zeros(1, 0, self.config.head_size) for _ in xs]
+        logits = self.lm_head(self.norm(torch.cat(picks, dim=1)))  # (1, sum n, V)
+        return list(logits.split(list(num_logits), dim=1))

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from decoder.generate import Steps, run, run_batched
 from decoder.loader import FINAL_TOKENS_SLACK, HEADER_TOKENS, Mode, QwenModel, load_qwen
 from decoder.prompt import (
     collapse_repetitions,
@@ -43,7 +44,13 @@ from decoder.prompt import (
     parse_asr_output,
     system_text,
 )
-from decoder.stream import DecoderStream, append_stable, continue_stream, open_stream
+from decoder.quant import Int8Linear
+from decoder.stream import (
+    DecoderStream,
+    append_stable_steps,
+    continue_stream_steps,
+    open_stream_steps,
+)
 from decoder.words import split_words, timed_words
 from encoder.config import CHUNK_FRAMES, TOKENS_PER_CHUNK
 from encoder.features import REFERENCE_MIN_SAMPLES, SAMPLE_RATE, LogMelState
@@ -97,6 +104,10 @@ class QwenOptions:
     previous_words: int = 12
     # verify the previous step's continuation as a draft (exact; only saves time)
     use_draft: bool = True
+    # int8: decode a batch of streams in lockstep, with the decoder's rows rounded as if alone
+    # (the same text as one by one, in less time from 2 streams on); False: plain int8, a
+    # quarter cheaper for a single stream, a batch decoded one by one (BENCHMARKS.md, issue 13)
+    batch: bool = True
 
     def __post_init__(self) -> None:
         if self.window_s is not None and not 1 <= self.window_s <= 8:
@@ -171,8 +182,9 @@ class QwenRecognizer(Recognizer):
         """
         options = options or QwenOptions()
         model = load_qwen(
-            directory, mode=options.mode, window_seconds=options.window_s, device=options.device
-        )
+            directory, mode=options.mode, window_seconds=options.window_s, device=options.device,
+            batch_invariant=options.batch,
+        )  # fmt: skip
         return cls(model, f"qwen3-asr:{Path(directory).name}", options)
 
     @property
@@ -182,13 +194,33 @@ class QwenRecognizer(Recognizer):
 
     # ----------------------------------------------------------------- decode
 
+    @torch.no_grad()
     def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
-        """Decodes each request in turn (streams have separate caches and prompt lengths)."""
+        """Decodes requests of different streams, batched when that cannot change their text.
+
+        In a batch-invariant mode (`batch_invariant`: int8, whose Linear rounds each row as if
+        it were alone) all requests run in lockstep (`decoder.generate.run_batched`): their
+        prefills and greedy steps share every Linear pass, each keeps its own cache. In fp32 and
+        bf16 the GEMM's rounding depends on the number of rows, so a stream's tokens could
+        depend on its neighbours: they decode one after another.
+        """
+        if len(requests) > 1 and self.options.batch and self.batch_invariant:
+            return run_batched(self.model.decoder, [self._decode_steps(r) for r in requests])
         return [self.decode_one(request) for request in requests]
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a stream's logits are bitwise the same in any batch (row-invariant int8)."""
+        head = self.model.decoder.lm_head
+        return isinstance(head, Int8Linear) and head.row_invariant
 
     @torch.no_grad()
     def decode_one(self, request: DecodeRequest) -> Hypothesis:
-        """One decode of one segment (see the module docstring).
+        """One decode of one segment alone (see `_decode_steps`)."""
+        return run(self.model.decoder, self._decode_steps(request))
+
+    def _decode_steps(self, request: DecodeRequest) -> Steps[Hypothesis]:
+        """One decode of one segment (see the module docstring), as decoder steps.
 
         Raises:
             ValueError: on a foreign state, a partial request with less audio than already
@@ -197,13 +229,13 @@ class QwenRecognizer(Recognizer):
         """
         model = self.model
         if request.state is None and request.final:
-            return self._decode_whole(request, None)
-        state = request.state or self._new_state(request)
+            return (yield from self._decode_whole(request, None))
+        state = request.state or (yield from self._new_state(request))
         if not isinstance(state, QwenSegmentState):
             raise ValueError(f"state must come from QwenRecognizer, got {type(state).__name__}")
         if len(request.audio) < state.samples:
             if request.final:
-                return self._decode_shortened(request, state)
+                return (yield from self._decode_shortened(request, state))
             raise ValueError(
                 f"the segment audio ({len(request.audio)} samples) is shorter than what was "
                 f"already decoded ({state.samples})"
@@ -212,24 +244,27 @@ class QwenRecognizer(Recognizer):
         if request.final:
             frames = torch.cat([frames, model.front_end.flush(features)], dim=1)
         out, encoder_state = model.encoder.step(frames, state.encoder, final=request.final)
-        stream = append_stable(model.decoder, state.decoder, out.stable)
+        stream = yield from append_stable_steps(model.decoder, state.decoder, out.stable)
         state = replace(
             state, features=features, encoder=encoder_state, decoder=stream,
             samples=len(request.audio),
         )  # fmt: skip
-        return self._answer(request, state, out.tentative)
+        return (yield from self._answer(request, state, out.tentative))
 
-    def _new_state(self, request: DecodeRequest) -> QwenSegmentState:
+    def _new_state(self, request: DecodeRequest) -> Steps[QwenSegmentState]:
         model = self.model
         prefix = self._prefix(request)
+        capacity = self._capacity(request)
         return QwenSegmentState(
             features=model.front_end.initial_state(),
             encoder=model.encoder.initial_state(),
-            decoder=open_stream(model.decoder, prefix, capacity=self._capacity(request)),
+            decoder=(yield from open_stream_steps(model.decoder, prefix, capacity=capacity)),
             samples=0,
         )
 
-    def _decode_shortened(self, request: DecodeRequest, state: QwenSegmentState) -> Hypothesis:
+    def _decode_shortened(
+        self, request: DecodeRequest, state: QwenSegmentState
+    ) -> Steps[Hypothesis]:
         """A final decode whose segment ends before audio a partial decode already consumed.
 
         The session places a segment's end at the end of speech (or, for an over-long segment,
@@ -244,13 +279,15 @@ class QwenRecognizer(Recognizer):
         stable_frames = state.encoder.tokens_emitted // TOKENS_PER_CHUNK * CHUNK_FRAMES
         features = model.front_end(request.audio, min_samples=REFERENCE_MIN_SAMPLES)
         if features.shape[1] < stable_frames:
-            return self._decode_whole(request, state)
+            return (yield from self._decode_whole(request, state))
         rest = model.audio_embeddings(features[:, stable_frames:])
-        stream = append_stable(model.decoder, state.decoder, rest)
+        stream = yield from append_stable_steps(model.decoder, state.decoder, rest)
         state = replace(state, decoder=stream, samples=len(request.audio))
-        return self._answer(request, state, rest[:0])
+        return (yield from self._answer(request, state, rest[:0]))
 
-    def _decode_whole(self, request: DecodeRequest, earlier: QwenSegmentState | None) -> Hypothesis:
+    def _decode_whole(
+        self, request: DecodeRequest, earlier: QwenSegmentState | None
+    ) -> Steps[Hypothesis]:
         """A final decode of the whole segment at once, with the reference's encoding.
 
         Args:
@@ -267,8 +304,9 @@ class QwenRecognizer(Recognizer):
             )
         features = model.front_end(request.audio, min_samples=REFERENCE_MIN_SAMPLES)
         embeddings = model.audio_embeddings(features)
-        stream = open_stream(model.decoder, self._prefix(request), capacity=self._capacity(request))
-        stream = append_stable(model.decoder, stream, embeddings)
+        prefix, capacity = self._prefix(request), self._capacity(request)
+        stream = yield from open_stream_steps(model.decoder, prefix, capacity=capacity)
+        stream = yield from append_stable_steps(model.decoder, stream, embeddings)
         state = QwenSegmentState(
             model.front_end.initial_state(), model.encoder.initial_state(), stream,
             len(request.audio),
@@ -278,7 +316,7 @@ class QwenRecognizer(Recognizer):
                 state, header=earlier.header, previous_answer=earlier.previous_answer,
                 previous_stopped=earlier.previous_stopped,
             )  # fmt: skip
-        return self._answer(request, state, embeddings[:0])
+        return (yield from self._answer(request, state, embeddings[:0]))
 
     def _prefix(self, request: DecodeRequest) -> tuple[int, ...]:
         previous = ""
@@ -301,7 +339,7 @@ class QwenRecognizer(Recognizer):
 
     def _answer(
         self, request: DecodeRequest, state: QwenSegmentState, open_audio: torch.Tensor
-    ) -> Hypothesis:
+    ) -> Steps[Hypothesis]:
         """Decodes the text after the audio and turns it into the hypothesis."""
         model, tokenizer, options = self.model, self.model.tokenizer, self.options
         committed_text = "".join(w.text for w in request.committed)
@@ -334,7 +372,7 @@ class QwenRecognizer(Recognizer):
             draft = tokenizer.encode(state.previous_answer[len(forced_answer) :])
             if state.previous_stopped:
                 draft.append(tokenizer.special.im_end)
-        generated = continue_stream(
+        generated = yield from continue_stream_steps(
             model.decoder, state.decoder, open_audio, tail, max_new=budget,
             stop_ids=model.stop_ids, draft=draft, history=committed_ids,
         )  # fmt: skip

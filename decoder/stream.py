@@ -28,10 +28,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
-from decoder.generate import Generated, decode, prefill
+from decoder.generate import Generated, Steps, decode_steps, prefill_steps, run
 from decoder.kv_cache import KVCache
 from decoder.model import QwenDecoder
 
@@ -56,14 +57,33 @@ class DecoderStream:
         return self.cache.nbytes
 
 
+def open_stream_steps(
+    decoder: QwenDecoder, prefix: Sequence[int], *, capacity: int = 512
+) -> Steps[DecoderStream]:
+    """`open_stream` as steps (`decoder.generate.Steps`)."""
+    cache = decoder.new_cache(capacity=max(capacity, len(prefix)))
+    yield from prefill_steps(decoder, cache, decoder.embed(list(prefix)), num_logits=0)
+    return DecoderStream(cache, cache.position)
+
+
 @torch.no_grad()
 def open_stream(
     decoder: QwenDecoder, prefix: Sequence[int], *, capacity: int = 512
 ) -> DecoderStream:
     """Starts a segment: prefills the system turn up to <|audio_start|> into a new cache."""
-    cache = decoder.new_cache(capacity=max(capacity, len(prefix)))
-    prefill(decoder, cache, decoder.embed(list(prefix)), num_logits=0)
-    return DecoderStream(cache, cache.position)
+    return run(decoder, open_stream_steps(decoder, prefix, capacity=capacity))
+
+
+def append_stable_steps(
+    decoder: QwenDecoder, stream: DecoderStream, audio: torch.Tensor
+) -> Steps[DecoderStream]:
+    """`append_stable` as steps."""
+    if audio.shape[0] == 0:
+        return stream
+    stream.cache.truncate(stream.stable)
+    x = audio.to(decoder.device, decoder.dtype)[None]  # (1, N, D)
+    yield from prefill_steps(decoder, stream.cache, x, num_logits=0)
+    return replace(stream, stable=stream.cache.position, audio=stream.audio + audio.shape[0])
 
 
 @torch.no_grad()
@@ -71,16 +91,10 @@ def append_stable(
     decoder: QwenDecoder, stream: DecoderStream, audio: torch.Tensor
 ) -> DecoderStream:
     """Adds the embeddings (N, D) of newly completed windows to the stable prefix."""
-    if audio.shape[0] == 0:
-        return stream
-    stream.cache.truncate(stream.stable)
-    x = audio.to(decoder.device, decoder.dtype)[None]  # (1, N, D)
-    prefill(decoder, stream.cache, x, num_logits=0)
-    return replace(stream, stable=stream.cache.position, audio=stream.audio + audio.shape[0])
+    return run(decoder, append_stable_steps(decoder, stream, audio))
 
 
-@torch.no_grad()
-def continue_stream(
+def continue_stream_steps(
     decoder: QwenDecoder,
     stream: DecoderStream,
     open_audio: torch.Tensor,
@@ -92,7 +106,7 @@ def continue_stream(
     history: Sequence[int] = (),
     loop_guard: bool = True,
     keep_logits: bool = False,
-) -> Generated:
+) -> Steps[Generated]:
     """Decodes one step: open-window audio and the turn tail after the stable prefix.
 
     Args:
@@ -116,7 +130,21 @@ def continue_stream(
     x = torch.cat(
         [open_audio.to(decoder.device, decoder.dtype)[None], decoder.embed(list(tail))], dim=1
     )  # (1, N_t + len(tail), D)
-    return decode(
-        decoder, stream.cache, x, max_new=max_new, stop_ids=stop_ids, draft=draft,
-        history=history, loop_guard=loop_guard, keep_logits=keep_logits,
+    return (
+        yield from decode_steps(
+            decoder, stream.cache, x, max_new=max_new, stop_ids=stop_ids, draft=draft,
+            history=history, loop_guard=loop_guard, keep_logits=keep_logits,
+        )
     )  # fmt: skip
+
+
+@torch.no_grad()
+def continue_stream(
+    decoder: QwenDecoder,
+    stream: DecoderStream,
+    open_audio: torch.Tensor,
+    tail: Sequence[int],
+    **options: Any,
+) -> Generated:
+    """`continue_stream_steps` run alone (same arguments)."""
+    return run(decoder, continue_stream_steps(decoder, stream, open_audio, tail, **options))

@@ -408,6 +408,89 @@ def stream_rtf(
     }
 
 
+def batched_streams(
+    model: QwenModel,
+    streams: int,
+    seconds: float,
+    pool: np.ndarray,
+    words: list[str],
+    *,
+    batch: bool,
+) -> dict[str, float]:
+    """`streams` concurrent streams, one 1 s partial decode each per round, as one batch.
+
+    Each stream has its own speech (the pool from a different offset), 15 s segments and a
+    final per segment, as `stream_rtf`. The model worker hands such a batch to
+    `QwenRecognizer.decode`: in lockstep when `batch` (int8), else one request after another.
+    Real time holds while a round of 1 s steps takes at most 1 s.
+    """
+    options = QwenOptions(mode=model.mode, window_s=model.encoder.config.window_seconds,
+                          max_step_tokens=STEP_TOKENS, step_slack_tokens=STEP_TOKENS,
+                          batch=batch)  # fmt: skip
+    recognizer = QwenRecognizer(model, "bench", options)
+    segment_s = 15
+    offset = len(pool) // max(streams, 1)
+    audio = [np.roll(pool, -k * offset)[: int(seconds * SAMPLE_RATE)] for k in range(streams)]
+    spoken = [Word(f" {w}", int(i * 1000 / WORDS_PER_S), int((i + 1) * 1000 / WORDS_PER_S))
+              for i, w in enumerate(words * 20)]  # fmt: skip
+    rounds: list[float] = []
+    for start in range(0, int(seconds) * SAMPLE_RATE, segment_s * SAMPLE_RATE):
+        states: list[object | None] = [None] * streams
+        length = min(segment_s * SAMPLE_RATE, len(audio[0]) - start)
+        ends = [*range(SAMPLE_RATE, length, SAMPLE_RATE), length]
+        for i, end in enumerate(ends):
+            count = int(WORDS_PER_S * max(end / SAMPLE_RATE - COMMIT_LAG_S, 0))
+            requests = [
+                DecodeRequest(audio=a[start : start + end], committed=tuple(spoken[:count]),
+                              final=i == len(ends) - 1, state=state)
+                for a, state in zip(audio, states, strict=True)
+            ]  # fmt: skip
+            began = time.perf_counter()
+            answers = recognizer.decode(requests)
+            rounds.append(time.perf_counter() - began)
+            states = [h.state for h in answers]
+    return {
+        "round_p50": 1000 * statistics.median(rounds),
+        "round_p95": 1000 * float(np.percentile(rounds, 95)),
+        "per_stream_s": sum(rounds) / seconds / streams * 1000,
+        "rtf": sum(rounds) / seconds,
+    }
+
+
+def batched_main(args: argparse.Namespace) -> None:
+    """--batched: concurrent int8 streams batched against one by one (issue 13)."""
+    torch.set_num_threads(args.threads)
+    pool, words = corpus()
+    tokenizer = bench_tokenizer(words)
+    base = base_models()
+    model = build_model("int8", base, tokenizer, args.window)
+    command = "python scripts/bench_decoder.py " + " ".join(sys.argv[1:])
+    reference = logits_probe(build_model("float32", base, tokenizer, args.window), pool, None)
+    error = logits_probe(model, pool, reference)
+    accepted = draft_acceptance(model, pool)
+    print(f"int8 (row-invariant) logits against fp32: max {error['max']:.2f} sigma, mean "
+          f"{error['mean']:.3f} sigma, top-1 {100 * error['top1']:.0f} %; own 8 tokens accepted "
+          f"as draft: {accepted}\n")  # fmt: skip
+    print(f"`{command}` (torch {torch.__version__}, {args.threads} threads, int8, window "
+          f"{args.window} s, {args.batched_seconds:.0f} s of speech per stream)\n")  # fmt: skip
+    print("| streams | path | round of 1 s steps P50 / P95 (ms) | per stream-second (ms) "
+          "| real time (round <= 1 s) |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    figures: dict[str, Any] = {"command": command, "logits": error, "draft_accepted": accepted}
+    for streams in args.streams:
+        for batch in (False, True):
+            if streams == 1 and batch:
+                continue  # one stream takes the plain path either way
+            f = batched_streams(model, streams, args.batched_seconds, pool, words, batch=batch)
+            figures[f"{streams}_{'batched' if batch else 'sequential'}"] = f
+            realtime = "yes" if f["rtf"] <= 1 else "no"
+            print(f"| {streams} | {'lockstep' if batch else 'one by one'} "
+                  f"| {f['round_p50']:.0f} / {f['round_p95']:.0f} | {f['per_stream_s']:.0f} "
+                  f"| {realtime} (RTF {f['rtf']:.2f}) |", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -424,7 +507,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument(
+        "--batched", action="store_true",
+        help="only the cross-stream batching figures (int8, --streams, issue 13)",
+    )  # fmt: skip
+    parser.add_argument("--streams", type=int, nargs="*", default=[1, 2, 3, 4, 8])
+    parser.add_argument("--batched-seconds", type=float, default=30.0)
     args = parser.parse_args()
+    if args.batched:
+        batched_main(args)
+        return
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     command = "python scripts/bench_decoder.py " + " ".join(sys.argv[1:])

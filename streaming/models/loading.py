@@ -119,6 +119,7 @@ def load_recognizer(
     dtype: str | None = None,
     window_s: int | None = None,
     beam_size: int = 1,
+    batch: bool = True,
 ) -> Recognizer:
     """Builds the recognizer for a `--model` value (see the module docstring).
 
@@ -130,6 +131,7 @@ def load_recognizer(
             bfloat16 on a GPU).
         window_s: Qwen3-ASR only: encoder attention window in seconds (1..8, default 4).
         beam_size: Whisper only: 1 for greedy decoding, more for beam search.
+        batch: Qwen3-ASR int8 only: batch streams in lockstep (`QwenOptions.batch`).
 
     Raises:
         ModelNotFoundError: the model is not on this machine (or not usable), with what to do.
@@ -147,7 +149,7 @@ def load_recognizer(
             return WhisperRecognizer(path, f"whisper:{path.name}", options)
         if is_qwen_checkpoint(path):
             name = model if _HUB_NAME.match(model) and not Path(model).exists() else None
-            return _qwen_recognizer(path, name, threads, device, dtype, window_s)
+            return _qwen_recognizer(path, name, threads, device, dtype, window_s, batch)
         raise ModelNotFoundError(
             f"{path} is neither a CTranslate2 Whisper model (model.bin) "
             "nor a Qwen3-ASR checkpoint (config.json with model_type qwen3_asr)"
@@ -185,6 +187,7 @@ def _qwen_recognizer(
     device: str,
     dtype: str | None,
     window_s: int | None,
+    batch: bool,
 ) -> Recognizer:
     from decoder.recognizer import QwenOptions, QwenRecognizer
     from encoder.checkpoint import CheckpointError
@@ -196,6 +199,7 @@ def _qwen_recognizer(
             window_s=window_s if window_s is not None else QwenOptions.window_s,
             threads=threads,
             device=device,
+            batch=batch,
         )
         recognizer = QwenRecognizer.load(path, options)
     except CheckpointError as exc:

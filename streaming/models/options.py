@@ -16,7 +16,7 @@ QWEN_DTYPES = ("float32", "bfloat16", "int8")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
-    """Adds --model, --threads, --device, --dtype, --beam-size, --window-s and --aligner."""
+    """Adds the model options: --model, --threads, --device, --dtype, --beam-size, ... ."""
     parser.add_argument(
         "--model",
         default="tiny.en",
@@ -48,6 +48,13 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
         help="Qwen3-ASR encoder window in seconds (default 4; the checkpoints' own is 8)",
     )
     parser.add_argument(
+        "--no-batch",
+        dest="batch",
+        action="store_false",
+        help="Qwen3-ASR int8: decode the streams of a batch one by one with plain int8 (a "
+        "quarter cheaper for a single stream) instead of in lockstep (BENCHMARKS.md, issue 13)",
+    )
+    parser.add_argument(
         "--aligner",
         metavar="DIR",
         help="a Qwen3-ForcedAligner-0.6B checkpoint (either layout, or its name in the local "
@@ -71,6 +78,7 @@ def load_from_arguments(args: argparse.Namespace) -> Recognizer:
         dtype=args.dtype,
         window_s=args.window_s,
         beam_size=args.beam_size,
+        batch=getattr(args, "batch", True),
     )
     if getattr(args, "aligner", None):
         aligner = load_forced_aligner(args.aligner, device=args.device, dtype=args.dtype)

@@ -30,6 +30,16 @@ speech the model is forced to say *something*, and it repeats the utterance ("..
 like these days go on forever."). Measured on the 13 short clips and the long-form set, allowing
 it there removes those repetitions without any text heuristic (BENCHMARKS.md, issue 10).
 
+Where a continuation skips speech: on a repeated phrase the model can jump from the committed
+words to the phrase's next copy ("government of the people, [by the people,] for the people"),
+and the word alignment then gives the skipped audio to the clause mark it jumped at, which
+covers 0.9 s or more (`uncovered_word`). Such a decode is checked again with the audio cut right
+after that token: with nothing after the cut to jump to, the model transcribes what is there,
+and a recheck that holds the original's words and more replaces them up to the cut
+(`merge_recheck`); one that finds nothing new changes nothing. Measured in BENCHMARKS.md (issue
+10): it restores the Gettysburg phrase, fires on a fifth of the decodes (one more decode each),
+and leaves the other sets' accuracy within noise. No word is ever removed by it.
+
 Decoding choices, from what went wrong in peers (shared/design/peer-measurements.md):
 - greedy at temperature 0, no temperature fallback: a retry with sampling made single steps of
   whisper_streaming take 4-21 s (beam search is an option, `beam_size`);
@@ -46,6 +56,7 @@ Decoding choices, from what went wrong in peers (shared/design/peer-measurements
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import string
 from collections import defaultdict
@@ -88,6 +99,11 @@ NO_SPEECH_LOGPROB = -1.0
 DITHER_RMS = 10 ** (-70 / 20)  # -70 dBFS: far below speech, above the log-mel floor of zeros
 # committed words always left inside a moved window: they carry the audio around the anchor
 MIN_PREFIX_WORDS = 2
+# audio one new word may cover before it is re-checked (`uncovered_word`), and how close to the
+# live edge a word may end and still be re-checked, ms
+UNCOVERED_MS = 700
+CLAUSE_MARKS = frozenset(",.;:?!")
+LIVE_EDGE_MS = 100
 
 
 def encoder_window(frames: int, window_s: float) -> int:
@@ -219,15 +235,42 @@ class WhisperRecognizer(Recognizer):
     # ----------------------------------------------------------------- decode
 
     def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
-        """Decodes requests in batches of equal encoder window and prompt length."""
-        groups: dict[tuple[int, int], list[_Prepared]] = defaultdict(list)
-        for i, request in enumerate(requests):
-            prepared = self._prepare(i, request)
-            groups[(prepared.window, len(prepared.prompt))].append(prepared)
-        answers: list[Hypothesis | None] = [None] * len(requests)
-        for group in groups.values():
-            for prepared, hypothesis in zip(group, self._decode_group(group), strict=True):
-                answers[prepared.index] = hypothesis
+        """Decodes requests, then re-checks audio their continuations leave uncovered."""
+        answers = self._decode_prepared([self._prepare(i, r) for i, r in enumerate(requests)])
+        # The speech under a stretched word (`uncovered_word`) is decoded again with the audio
+        # cut right after it, where the model cannot jump ahead; a recheck that finds more words
+        # there replaces the stretched stretch (`merge_recheck`).
+        rechecks: list[_Prepared] = []
+        cuts: dict[int, int] = {}
+        for i, (request, answer) in enumerate(zip(requests, answers, strict=True)):
+            word = uncovered_word(answer.words, len(request.committed), request.duration_ms)
+            if word is None:
+                continue
+            assert isinstance(answer.state, WhisperSegmentState)
+            cuts[i] = word.end_ms
+            truncated = dataclasses.replace(
+                request, audio=request.audio[: word.end_ms * SAMPLE_RATE // 1000], final=False,
+                state=answer.state,
+            )  # fmt: skip
+            rechecks.append(self._prepare(i, truncated))
+        for recheck, again in zip(rechecks, self._decode_prepared(rechecks), strict=True):
+            i = recheck.index
+            n = len(requests[i].committed)
+            merged = merge_recheck(answers[i].words, again.words, n, cuts[i])
+            if merged is not None:
+                answers[i] = dataclasses.replace(answers[i], words=merged)
+        return answers
+
+    def _decode_prepared(self, prepared: list[_Prepared]) -> list[Hypothesis]:
+        """Decodes in batches of equal encoder window and prompt length; answers in order."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for position, p in enumerate(prepared):
+            groups[(p.window, len(p.prompt))].append(position)
+        answers: list[Hypothesis | None] = [None] * len(prepared)
+        for positions in groups.values():
+            group = [prepared[k] for k in positions]
+            for k, hypothesis in zip(positions, self._decode_group(group), strict=True):
+                answers[k] = hypothesis
         assert all(a is not None for a in answers)
         return [a for a in answers if a is not None]
 
@@ -464,3 +507,67 @@ def _max_length(prompt: list[int], p: _Prepared) -> int:
     """
     start = len(prompt) - len(p.prefix)
     return start + 2 * (len(p.prefix) + p.budget)
+
+
+def uncovered_word(words: Sequence[Word], committed: int, duration_ms: int) -> Word | None:
+    """The first new word ending a clause that covers more audio than a word can, if any.
+
+    When the model skips speech on a repeated phrase ("government of the people, [by the
+    people,] for the people"), it jumps at a clause mark, and the alignment gives the skipped
+    audio to that token (",", or "people,"), which then covers 0.9 s. Measured with fixed 1 s
+    steps (BENCHMARKS.md, issue 10): words of any kind stretched past 0.7 s are mostly DTW
+    artefacts before a number or a pause ("is" before "$120"), and re-checking them cost a word
+    on the account reading; restricted to clause ends, the recheck fires on 19 % (long-form)
+    and 29 % (synthetic) of decodes, finds the skipped phrase, and keeps the answer elsewhere.
+    Words ending at the live edge are left out: there the audio has no continuation to jump to.
+    """
+    for word in words[committed:]:
+        stretched = word.end_ms - word.start_ms >= UNCOVERED_MS
+        if stretched and _ends_clause(word.text) and word.end_ms < duration_ms - LIVE_EDGE_MS:
+            return word
+    return None
+
+
+def _ends_clause(text: str) -> bool:
+    return text.rstrip()[-1:] in CLAUSE_MARKS
+
+
+def merge_recheck(
+    words: Sequence[Word], recheck: Sequence[Word], committed: int, cut_ms: int
+) -> tuple[Word, ...] | None:
+    """The words of a decode with the audio up to `cut_ms` re-decoded, or None if no better.
+
+    The recheck may only add words: its continuation up to the cut must hold the original's
+    words there, in order, and more. It then replaces them, and the original words from the cut
+    on follow it. A recheck that finds nothing new (a real pause under a long word) or something
+    else (a different reading) leaves the answer as it was. The recheck's last word can be the
+    next word anticipated at the cut ("a time to plant, and [and] a time"): one equal to the
+    first word after the cut is dropped.
+    """
+    before = [w for w in words[committed:] if w.start_ms < cut_ms]
+    after = [w for w in words[committed:] if w.start_ms >= cut_ms]
+    found = [w for w in recheck[committed:] if w.start_ms < cut_ms]
+    if found and after and _plain(found[-1].text) == _plain(after[0].text):
+        found.pop()
+    if not _is_subsequence(_spoken(before), _spoken(found)):
+        return None
+    if len(_spoken(found)) <= len(_spoken(before)):
+        return None
+    if found and after and after[0].text.lstrip()[:1].islower():
+        # the cut ended the recheck's sentence; the original goes on with the same sentence
+        last = found[-1]
+        found[-1] = Word(last.text.rstrip(".?!"), last.start_ms, last.end_ms)
+    return (*words[:committed], *found, *after)
+
+
+def _plain(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def _spoken(words: Sequence[Word]) -> list[str]:
+    return [p for p in (_plain(w.text) for w in words) if p]
+
+
+def _is_subsequence(short: Sequence[str], long: Sequence[str]) -> bool:
+    remaining = iter(long)
+    return all(any(item == other for other in remaining) for item in short)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ def recognizer(untied: Callable[[str], Path]) -> QwenRecognizer:
 
 
 class Scripted:
-    """Stands in for `continue_stream`: records its arguments and answers scripted text."""
+    """Stands in for `continue_stream_steps`: records its arguments, answers scripted text."""
 
     def __init__(self, recognizer: QwenRecognizer, answers: Sequence[tuple[str, str]]) -> None:
         self.tokenizer = recognizer.model.tokenizer
@@ -41,7 +41,13 @@ class Scripted:
         tokens = self.tokenizer.encode(text)
         if stop == "eos":
             tokens.append(self.tokenizer.special.im_end)
-        return Generated(tokens=tokens, stop=stop)
+        return self._steps(Generated(tokens=tokens, stop=stop))
+
+    @staticmethod
+    def _steps(generated: Generated) -> Generator[Any, Any, Generated]:
+        """Steps that need no decoder call and return the scripted answer."""
+        return generated
+        yield  # a generator, like the function it stands in for
 
 
 def stream_session(
@@ -84,7 +90,7 @@ def test_forced_language_is_prefilled_and_reported(
 ) -> None:  # fmt: skip
     """A forced language becomes the `language X<asr_text>` prefill and the answer's language."""
     fake = Scripted(recognizer, [(" hello", "eos")])
-    monkeypatch.setattr(recognizer_module, "continue_stream", fake)
+    monkeypatch.setattr(recognizer_module, "continue_stream_steps", fake)
     hypothesis = recognizer.decode([DecodeRequest(audio=speech(2.0), language="de")])[0]
     prefill = recognizer.model.tokenizer.encode("language German<asr_text>")
     tail = fake.calls[0]["tail"]
@@ -102,7 +108,7 @@ def test_a_detected_language_is_kept_for_the_segment(
         ("language English<asr_text>Hello world", "eos"),
         ("Hello world again", "eos"),
     ])  # fmt: skip
-    monkeypatch.setattr(recognizer_module, "continue_stream", fake)
+    monkeypatch.setattr(recognizer_module, "continue_stream_steps", fake)
     audio, state = speech(3.0), None
     answers = []
     for end in (STEP, 2 * STEP, 3 * STEP):
@@ -125,7 +131,7 @@ def test_budgets_follow_the_uncommitted_audio(
 ) -> None:  # fmt: skip
     """Partial budgets scale with audio after the last committed word; text rate is capped."""
     fake = Scripted(recognizer, [("x", "eos")] * 4)
-    monkeypatch.setattr(recognizer_module, "continue_stream", fake)
+    monkeypatch.setattr(recognizer_module, "continue_stream_steps", fake)
     audio = speech(5.0)
     recognizer.decode([DecodeRequest(audio=audio[: 3 * STEP], language="en")])
     recognizer.decode([DecodeRequest(audio=audio[: 3 * STEP])])
@@ -144,7 +150,7 @@ def test_a_word_cut_by_the_budget_is_left_out(
 ) -> None:  # fmt: skip
     """When the budget ends a partial answer, its possibly incomplete last word is dropped."""
     fake = Scripted(recognizer, [(" ten of clu", "limit"), (" ten of clu" + "bs" * 30, "limit")])
-    monkeypatch.setattr(recognizer_module, "continue_stream", fake)
+    monkeypatch.setattr(recognizer_module, "continue_stream_steps", fake)
     partial = recognizer.decode([DecodeRequest(audio=speech(2.0), language="en")])[0]
     assert [w.text for w in partial.words] == ["ten", " of"]
     final = recognizer.decode([DecodeRequest(audio=speech(2.0), language="en", final=True)])[0]

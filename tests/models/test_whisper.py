@@ -193,3 +193,79 @@ def test_a_window_that_outgrows_the_short_encoder_pass_grows_in_5_s_steps(whispe
     assert prepared.window == 2000 and prepared.frames == 1700
     words = whisper.decode([DecodeRequest(audio=audio)])[0].words
     assert len(words) > 30  # about 2.5 words a second, none lost to the window
+
+
+def gettysburg_step() -> DecodeRequest:
+    """The streamed decode that skipped "by the people" (captured from a real-time run).
+
+    Segment 3 of the Gettysburg reading at 17 s, with the 53 words committed at that moment and
+    the recognizer state of the step before; the audio is the file's, unchanged.
+    """
+    import json
+
+    import soundfile
+
+    step = json.loads((DATA_DIR / "long" / "gettysburg_step.json").read_text())
+    audio, _ = soundfile.read(str(DATA_DIR / "long" / "gettysburg.wav"), dtype="float32")
+    start = step["segment_start_ms"] * 16
+    return DecodeRequest(
+        audio=audio[start : start + step["duration_ms"] * 16],
+        committed=tuple(Word(t, s, e) for t, s, e in step["committed"]),
+        previous_text=step["previous_text"],
+        language="en",
+        state=WhisperSegmentState(*step["state"]),
+    )
+
+
+def test_a_phrase_skipped_on_a_repeat_is_found_again(whisper, monkeypatch):
+    """ "government of the people, by the people, for the people": the decode continues the
+    committed "of the people" with ", for the people" and gives the skipped audio to the comma;
+    the recheck up to the comma's end finds "by the people" and keeps what follows."""
+    import streaming.models.whisper as whisper_module
+
+    request = gettysburg_step()
+    n = len(request.committed)
+    text = normalize(join_words(whisper.decode([request])[0].words[n:]))
+    assert text[:6] == ["by", "the", "people", "for", "the", "people"], text
+    monkeypatch.setattr(whisper_module, "UNCOVERED_MS", 10**6)  # no recheck: the loss itself
+    skipped = normalize(join_words(whisper.decode([request])[0].words[n:]))
+    assert skipped[:3] == ["for", "the", "people"], skipped
+
+
+def test_a_recheck_only_ever_adds_words():
+    """`merge_recheck` takes a recheck that holds the original's words and more; it refuses a
+    different reading, one with nothing new, and drops a next word anticipated at the cut."""
+    from streaming.models.whisper import merge_recheck, uncovered_word
+
+    def words(*spec: tuple[str, int, int]) -> tuple[Word, ...]:
+        return tuple(Word(t, s, e) for t, s, e in spec)
+
+    committed = words((" of", 0, 200), (" the", 200, 400), (" people", 400, 600))
+    original = committed + words((",", 600, 1500), (" for", 1500, 1700), (" the", 1700, 1900))
+    assert uncovered_word(original, 3, 3000) == original[3]
+    assert uncovered_word(original, 3, 1550) is None  # at the live edge: nothing to jump to
+    stretched_word = committed + words((" is", 600, 1500), (" $120.", 1500, 2000))
+    assert uncovered_word(stretched_word, 3, 3000) is None  # no clause end: a DTW artefact
+    found = committed + words((",", 600, 650), (" by", 650, 900), (" the", 900, 1100),
+                              (" people.", 1100, 1480))  # fmt: skip
+    merged = merge_recheck(original, found, 3, 1500)
+    assert merged is not None
+    assert join_words(merged[3:]) == ", by the people for the"  # sentence end of the cut undone
+    clause = committed + words((" is,", 600, 1500), (" $120.", 1500, 2000))
+    other_reading = committed + words((" was", 600, 900), (" 100.", 900, 1480))
+    assert merge_recheck(clause, other_reading, 3, 1500) is None  # "is" is not in it
+    assert (
+        merge_recheck(
+            original,
+            committed
+            + words(
+                (",", 600, 1480),
+            ),
+            3,
+            1500,
+        )
+        is None
+    )
+    anticipated = committed + words((",", 600, 650), (" and", 650, 900), (" for", 1300, 1480))
+    merged = merge_recheck(original, anticipated, 3, 1500)
+    assert merged is not None and normalize(join_words(merged[3:])) == ["and", "for", "the"]

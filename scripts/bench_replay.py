@@ -1,0 +1,113 @@
+"""Replays test sets through the session engine at fixed 1 s steps: WER and decodes, no sockets.
+
+    python scripts/bench_replay.py [--sets long,synthetic] [--no-recheck] [--out hyps.jsonl]
+
+Each file is fed sans-I/O to a `streaming.session.Session` in 40 ms frames (plus 1 s of
+silence), and every decode request it makes is answered at once by the default Whisper
+recognizer, so partial decodes happen every 1 s of audio exactly, as for one stream that keeps up.
+The result is reproducible, which real-time runs are not (their step points depend on timing),
+so it isolates what a recognizer change does to accuracy; real-time behaviour is
+`scripts/bench_stream.py`'s job. `--no-recheck` turns off the recheck of skipped speech
+(`streaming.models.whisper.uncovered_word`) to measure what it changes. English files only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import streaming.models.whisper as whisper_module  # noqa: E402
+from streaming.models.loading import load_recognizer  # noqa: E402
+from streaming.recognizer import Recognizer  # noqa: E402
+from streaming.scoring import corpus_wer  # noqa: E402
+from streaming.session import Session  # noqa: E402
+
+DATA = ROOT / "tests" / "data"
+SETS = {"long": DATA / "long", "synthetic": DATA / "synthetic"}
+FRAME = 640  # 40 ms of 16 kHz samples
+
+
+def manifest(folder: Path) -> list[tuple[Path, str]]:
+    rows = (folder / "manifest.tsv").read_text().splitlines()
+    header = rows[0].split("\t")
+    items = []
+    for row in rows[1:]:
+        fields = dict(zip(header, row.split("\t"), strict=True))
+        items.append((folder / fields["file"], fields["reference"]))
+    return items
+
+
+def replay(recognizer: Recognizer, path: Path) -> tuple[str, int]:
+    """The finals' text of one file, and the number of decode requests the session made."""
+    samples, rate = soundfile.read(str(path), dtype="int16")
+    if samples.ndim > 1:
+        samples = samples[:, 0]
+    assert rate == 16_000, path
+    session = Session("replay", recognizer.info)
+    session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
+    requests = 0
+
+    def answer() -> None:
+        nonlocal requests
+        while (request := session.next_request()) is not None:
+            session.complete(recognizer.decode([request])[0])
+            requests += 1
+
+    samples = np.concatenate([samples, np.zeros(16_000, np.int16)])
+    for start in range(0, len(samples), FRAME):
+        session.receive_audio(samples[start : start + FRAME].tobytes())
+        answer()
+    session.receive_text(json.dumps({"type": "input.end"}))
+    answer()
+    events = [e.to_wire("replay", 0) for e in session.events_to_send()]
+    text = " ".join(e["text"] for e in events if e["type"] == "transcript.final")
+    return text.strip(), requests
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sets", default="long,synthetic")
+    parser.add_argument("--no-recheck", action="store_true")
+    parser.add_argument("--out", type=Path, help="append each file's text here (JSON lines)")
+    args = parser.parse_args()
+    if args.no_recheck:
+        whisper_module.UNCOVERED_MS = 10**9
+    recognizer = load_recognizer("tiny.en")
+    model_calls = 0
+    decode_prepared = recognizer._decode_prepared  # type: ignore[attr-defined]
+
+    def counted(prepared: list) -> list:
+        nonlocal model_calls
+        model_calls += len(prepared)
+        return decode_prepared(prepared)
+
+    recognizer._decode_prepared = counted  # type: ignore[attr-defined]
+    print(f"`python scripts/bench_replay.py {' '.join(sys.argv[1:])}`\n")
+    print("| set | files | WER | session decodes | model decodes (rechecks) | seconds |")
+    print("|---|---|---|---|---|---|")
+    for name in args.sets.split(","):
+        pairs, requests, model_calls, began = [], 0, 0, time.perf_counter()
+        for path, reference in manifest(SETS[name]):
+            text, count = replay(recognizer, path)
+            pairs.append((reference, text))
+            requests += count
+            if args.out:
+                with args.out.open("a") as out:
+                    out.write(json.dumps([path.name, text]) + "\n")
+        wer = corpus_wer(pairs).wer
+        print(f"| {name} | {len(pairs)} | {100 * wer:.2f} % | {requests} "
+              f"| {model_calls} ({model_calls - requests}) "
+              f"| {time.perf_counter() - began:.0f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
