@@ -176,7 +176,12 @@ def with_window(model: QwenModel, window: int) -> QwenModel:
 
 
 def build_model(
-    mode: str, base: tuple[AudioEncoder, QwenDecoder], tokenizer: QwenTokenizer, window: int
+    mode: str,
+    base: tuple[AudioEncoder, QwenDecoder],
+    tokenizer: QwenTokenizer,
+    window: int,
+    *,
+    batch_invariant: bool = True,
 ) -> QwenModel:
     """The base weights in `mode`, with the given encoder window."""
     encoder, decoder = base
@@ -185,7 +190,7 @@ def build_model(
     if mode == "bfloat16":
         encoder, decoder = encoder.to(torch.bfloat16), decoder.to(torch.bfloat16)
     elif mode == "int8":
-        quantize_model(encoder, decoder)
+        quantize_model(encoder, decoder, batch_invariant=batch_invariant)
     stop = frozenset({tokenizer.special.im_end, tokenizer.special.endoftext})
     languages = tuple(LANGUAGE_NAMES.values())
     model = QwenModel(encoder, decoder, tokenizer, stop, languages, 512, mode)  # type: ignore[arg-type]
@@ -477,6 +482,13 @@ def batched_main(args: argparse.Namespace) -> None:
           "| real time (round <= 1 s) |")  # fmt: skip
     print("|---|---|---|---|---|")
     figures: dict[str, Any] = {"command": command, "logits": error, "draft_accepted": accepted}
+    if 1 in args.streams:
+        plain = build_model("int8", base, tokenizer, args.window, batch_invariant=False)
+        f = batched_streams(plain, 1, args.batched_seconds, pool, words, batch=False)
+        figures["1_plain"] = f
+        print(f"| 1 | plain int8 (`--no-batch`) | {f['round_p50']:.0f} / {f['round_p95']:.0f} "
+              f"| {f['per_stream_s']:.0f} | {'yes' if f['rtf'] <= 1 else 'no'} "
+              f"(RTF {f['rtf']:.2f}) |", flush=True)  # fmt: skip
     for streams in args.streams:
         for batch in (False, True):
             if streams == 1 and batch:

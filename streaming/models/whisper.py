@@ -37,7 +37,7 @@ covers 0.9 s or more (`uncovered_word`). Such a decode is checked again with the
 after that token: with nothing after the cut to jump to, the model transcribes what is there,
 and a recheck that holds the original's words and more replaces them up to the cut
 (`merge_recheck`); one that finds nothing new changes nothing. Measured in BENCHMARKS.md (issue
-10): it restores the Gettysburg phrase, fires on a fifth of the decodes (one more decode each),
+10): it restores the Gettysburg phrase, fires on a tenth of the decodes (one more decode each),
 and leaves the other sets' accuracy within noise. No word is ever removed by it.
 
 Decoding choices, from what went wrong in peers (shared/design/peer-measurements.md):
@@ -103,6 +103,10 @@ MIN_PREFIX_WORDS = 2
 # live edge a word may end and still be re-checked, ms
 UNCOVERED_MS = 700
 CLAUSE_MARKS = frozenset(",.;:?!")
+# new words checked: the first only. The jump happens right after the forced prefix, and
+# checking every new word fired on twice as many decodes (sentence ends before pauses) for the
+# same accuracy (BENCHMARKS.md, issue 10)
+CHECKED_WORDS = 1
 LIVE_EDGE_MS = 100
 
 
@@ -510,18 +514,19 @@ def _max_length(prompt: list[int], p: _Prepared) -> int:
 
 
 def uncovered_word(words: Sequence[Word], committed: int, duration_ms: int) -> Word | None:
-    """The first new word ending a clause that covers more audio than a word can, if any.
+    """The first new word, if it ends a clause and covers more audio than a word can.
 
     When the model skips speech on a repeated phrase ("government of the people, [by the
-    people,] for the people"), it jumps at a clause mark, and the alignment gives the skipped
-    audio to that token (",", or "people,"), which then covers 0.9 s. Measured with fixed 1 s
-    steps (BENCHMARKS.md, issue 10): words of any kind stretched past 0.7 s are mostly DTW
-    artefacts before a number or a pause ("is" before "$120"), and re-checking them cost a word
-    on the account reading; restricted to clause ends, the recheck fires on 19 % (long-form)
-    and 29 % (synthetic) of decodes, finds the skipped phrase, and keeps the answer elsewhere.
-    Words ending at the live edge are left out: there the audio has no continuation to jump to.
+    people,] for the people"), it jumps right after the committed words, at a clause mark, and
+    the alignment gives the skipped audio to that token ("," or "people,"), which then covers
+    0.9 s. Measured with fixed 1 s steps (`scripts/bench_replay.py`, BENCHMARKS.md, issue 10):
+    words of any kind stretched past 0.7 s are mostly DTW artefacts before a number or a pause
+    ("is" before "$120"), and re-checking them cost a word on the account reading; checking
+    every new word that ends a clause fired on 19 % of the long-form decodes, the first new
+    word only on 9 % (11 % synthetic), with the same accuracy. Words ending at the live edge
+    are left out: there the audio has no continuation to jump to.
     """
-    for word in words[committed:]:
+    for word in words[committed : committed + CHECKED_WORDS]:
         stretched = word.end_ms - word.start_ms >= UNCOVERED_MS
         if stretched and _ends_clause(word.text) and word.end_ms < duration_ms - LIVE_EDGE_MS:
             return word
