@@ -81,9 +81,9 @@ async def test_long_form_speech_streamed_in_real_time_keeps_its_words(whisper):
     # A dropped continuation deletes 10-40 words of a file (35 of 119 before issue 10): never.
     for name, (lost, lost_offline) in streamed.items():
         assert lost < lost_offline + 10, (name, lost, lost_offline)
-    # A coarse guard on everything else: the old code was 15 points worse. The issue's target,
-    # within 2 points, is not met yet: streaming 11.1-11.8 % against 9.5 % for faster-whisper's
-    # pure greedy pass (BENCHMARKS.md, issue 10).
+    # A coarse guard on everything else: the old code was 15 points worse. Measured: 10.5 %
+    # against 9.1 % (two real-time runs, BENCHMARKS.md, issue 10), but austen_joined alone is
+    # 5.6 points behind its offline WER (one phrase), so the issue's per-file bound is not met.
     pooled, pooled_offline = corpus_wer(reference_pairs).wer, corpus_wer(offline_pairs).wer
     assert pooled <= pooled_offline + 0.03, (pooled, pooled_offline, streamed)
     # No word lost at all: at most 3 deletions beyond offline per file ("can not" scored against
