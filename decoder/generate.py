@@ -2,7 +2,6 @@
 
 - `prefill` runs a prompt piece through the decoder in bounded chunks and computes logits only
   for the last positions asked for.
-- `greedy` is a generator that yields greedy tokens one at a time, feeding each back.
 - `decode` continues a prompt: it prefills the new prompt tokens *and a draft* (normally the
   continuation the previous streaming step produced) in one pass, keeps the longest draft prefix
   that greedy decoding would have produced itself (the argmax at each draft position equals the
@@ -11,15 +10,17 @@
   tokens costs one k-token prefill (the weights are read once) instead of k sequential steps.
 - A loop (`streaming.loops`) is looked for only when generation has used up its budget: a
   pattern that repeats within a budget sized to the audio is speech, one past it is a loop.
+- Each is written once as `Steps` (`prefill_steps`, `decode_steps`: generators of the decoder
+  calls they need); `run` drives one alone, `run_batched` several streams in lockstep.
 
 Shape legend: T tokens; D hidden; V vocabulary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -149,27 +150,6 @@ class Generated:
     decoded: int = 0  # sequential one-token decoder calls
 
 
-def greedy(
-    decoder: QwenDecoder, cache: KVCache, logits: torch.Tensor, *, max_new: int
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yields (token, logits it was chosen from) greedily, up to `max_new` tokens.
-
-    Each token is fed back into the decoder (and its KV appended to the cache) only when the
-    next one is asked for, so a caller that stops early never pays for an unused step.
-
-    Args:
-        decoder: the decoder.
-        cache: the cache holding the prompt (and what was generated so far).
-        logits: (V,) logits at the last position of the cache.
-        max_new: tokens to yield at most.
-    """
-    for produced in range(max_new):
-        token = int(logits.argmax())
-        yield token, logits
-        if produced + 1 < max_new:
-            logits = decoder(decoder.embed([token]), cache, num_logits=1)[0, -1]
-
-
 def decode_steps(
     decoder: QwenDecoder,
     cache: KVCache,
@@ -245,26 +225,9 @@ def decode_steps(
 
 
 @torch.no_grad()
-def decode(
-    decoder: QwenDecoder,
-    cache: KVCache,
-    x: torch.Tensor,
-    *,
-    max_new: int,
-    stop_ids: frozenset[int],
-    draft: Sequence[int] = (),
-    history: Sequence[int] = (),
-    loop_guard: bool = True,
-    keep_logits: bool = False,
-) -> Generated:
-    """`decode_steps` run alone: prefill `x` (and a draft), then greedy tokens."""
-    return run(
-        decoder,
-        decode_steps(
-            decoder, cache, x, max_new=max_new, stop_ids=stop_ids, draft=draft, history=history,
-            loop_guard=loop_guard, keep_logits=keep_logits,
-        ),
-    )  # fmt: skip
+def decode(decoder: QwenDecoder, cache: KVCache, x: torch.Tensor, **options: Any) -> Generated:
+    """`decode_steps` run alone (same arguments): prefill `x` (and a draft), then greedy tokens."""
+    return run(decoder, decode_steps(decoder, cache, x, **options))
 
 
 def _trim_loop(out: Generated, history: Sequence[int]) -> bool:

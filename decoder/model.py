@@ -92,31 +92,23 @@ class Attention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: KVCache | None,
-        layer: int,
-    ) -> torch.Tensor:
-        """(B, T, D) new tokens -> (B, T, D), attending to the cache and to each other causally."""
-        if cache is not None:
-            return self.forward_many(x, [rope], [cache], [x.shape[1]], layer)
-        b, t, _ = x.shape
-        q, k, v = self._project(x)
-        return self.o_proj(self._attend(q, k, v, rope, None, layer).reshape(b, t, -1).to(x.dtype))
-
-    def forward_many(
-        self,
-        x: torch.Tensor,
         ropes: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        caches: Sequence[KVCache],
+        caches: Sequence[KVCache] | None,
         counts: Sequence[int],
         layer: int,
     ) -> torch.Tensor:
-        """(1, N, D) rows of several sequences, packed -> (1, N, D).
+        """New tokens -> their attention output, attending to the cache and causally.
 
-        The projections run once over all rows; attention runs per sequence (`counts[i]` rows
-        of sequence i, over its own cache), with exactly the arithmetic of that sequence alone.
+        Without caches: x is (B, T, D), one batch at positions 0..T-1 (`ropes[0]`). With
+        caches: x is (1, N, D), the rows of several sequences packed (`counts[i]` rows of
+        sequence i, after its cache, rotated by `ropes[i]`). The projections run once over all
+        rows; attention runs per sequence with exactly the arithmetic of that sequence alone.
         """
+        b, t, _ = x.shape
         q, k, v = self._project(x)
+        if caches is None:
+            out = self._attend(q, k, v, ropes[0], None, layer).reshape(b, t, -1)
+            return self.o_proj(out.to(x.dtype))  # (B, T, D)
         outs, offset = [], 0
         for rope, cache, count in zip(ropes, caches, counts, strict=True):
             rows = slice(offset, offset + count)
@@ -206,24 +198,13 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        cache: KVCache | None,
-        layer: int,
-    ) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D)."""
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, layer)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-    def forward_many(
-        self,
-        x: torch.Tensor,
         ropes: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        caches: Sequence[KVCache],
+        caches: Sequence[KVCache] | None,
         counts: Sequence[int],
         layer: int,
     ) -> torch.Tensor:
-        """(1, N, D) packed rows of several cached sequences -> (1, N, D)."""
-        x = x + self.self_attn.forward_many(self.input_layernorm(x), ropes, caches, counts, layer)
+        """(B, T, D) -> (B, T, D); the arguments as `Attention.forward`."""
+        x = x + self.self_attn(self.input_layernorm(x), ropes, caches, counts, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -310,28 +291,28 @@ class QwenDecoder(nn.Module):
                 f"embeddings, got {tuple(x.shape)}"
             )
         batch, count, _ = x.shape
-        if cache is not None and batch != 1:
-            raise ValueError(f"a KV cache holds one sequence; got a batch of {batch}")
+        if cache is not None:
+            if batch != 1:
+                raise ValueError(f"a KV cache holds one sequence; got a batch of {batch}")
+            return self.forward_many([x], [cache], [num_logits])[0]
+        self._check(count, 0, num_logits)
+        x = x.to(self.dtype)
+        ropes = [self.rotary(0, count, self.dtype)]
+        for index, layer in enumerate(self.layers):
+            x = layer(x, ropes, None, [count], index)
+        if num_logits == 0:
+            return x.new_zeros(batch, 0, self.config.head_size)
+        return self.lm_head(self.norm(x[:, count - num_logits :]))  # (B, num_logits, V)
+
+    def _check(self, count: int, start: int, num_logits: int) -> None:
+        """Raises ValueError unless `count` new positions after `start` fit, with logits."""
         if not 0 <= num_logits <= count:
             raise ValueError(f"num_logits must be in 0..{count}, got {num_logits}")
-        start = 0
-        if cache is not None:
-            start = cache.position
-            cache.reserve(count)
         if start + count > self.config.max_positions:
             raise ValueError(
                 f"sequence of {start + count} positions exceeds the decoder's "
                 f"{self.config.max_positions}"
             )
-        x = x.to(self.dtype)
-        rope = self.rotary(start, count, self.dtype)
-        for index, layer in enumerate(self.layers):
-            x = layer(x, rope, cache, index)
-        if cache is not None:
-            cache.advance(count)
-        if num_logits == 0:
-            return x.new_zeros(batch, 0, self.config.head_size)
-        return self.lm_head(self.norm(x[:, count - num_logits :]))  # (B, num_logits, V)
 
     @torch.no_grad()
     def forward_many(
@@ -364,21 +345,14 @@ class QwenDecoder(nn.Module):
         for x, count, cache, n in zip(xs, counts, caches, num_logits, strict=True):
             if x.dim() != 3 or x.shape[0] != 1 or x.shape[-1] != self.config.hidden_size:
                 raise ValueError(f"each input must be (1, T, {self.config.hidden_size})")
-            if not 0 <= n <= count:
-                raise ValueError(f"num_logits must be in 0..{count}, got {n}")
-            if cache.position + count > self.config.max_positions:
-                raise ValueError(
-                    f"sequence of {cache.position + count} positions exceeds the decoder's "
-                    f"{self.config.max_positions}"
-                )
+            self._check(count, cache.position, n)
             cache.reserve(count)
         ropes = [
             self.rotary(c.position, n, self.dtype) for c, n in zip(caches, counts, strict=True)
         ]
         x = torch.cat([piece.to(self.dtype) for piece in xs], dim=1)  # (1, N, D)
         for index, layer in enumerate(self.layers):
-            assert isinstance(layer, DecoderLayer)
-            x = layer.forward_many(x, ropes, caches, counts, index)
+            x = layer(x, ropes, caches, counts, index)
         picks, offset = [], 0
         for cache, count, n in zip(caches, counts, num_logits, strict=True):
             cache.advance(count)

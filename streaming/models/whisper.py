@@ -103,10 +103,6 @@ MIN_PREFIX_WORDS = 2
 # live edge a word may end and still be re-checked, ms
 UNCOVERED_MS = 700
 CLAUSE_MARKS = frozenset(",.;:?!")
-# new words checked: the first only. The jump happens right after the forced prefix, and
-# checking every new word fired on twice as many decodes (sentence ends before pauses) for the
-# same accuracy (BENCHMARKS.md, issue 10)
-CHECKED_WORDS = 1
 LIVE_EDGE_MS = 100
 
 
@@ -526,10 +522,12 @@ def uncovered_word(words: Sequence[Word], committed: int, duration_ms: int) -> W
     word only on 9 % (11 % synthetic), with the same accuracy. Words ending at the live edge
     are left out: there the audio has no continuation to jump to.
     """
-    for word in words[committed : committed + CHECKED_WORDS]:
-        stretched = word.end_ms - word.start_ms >= UNCOVERED_MS
-        if stretched and _ends_clause(word.text) and word.end_ms < duration_ms - LIVE_EDGE_MS:
-            return word
+    if len(words) <= committed:
+        return None
+    word = words[committed]
+    stretched = word.end_ms - word.start_ms >= UNCOVERED_MS
+    if stretched and _ends_clause(word.text) and word.end_ms < duration_ms - LIVE_EDGE_MS:
+        return word
     return None
 
 
