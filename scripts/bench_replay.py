@@ -46,28 +46,36 @@ def manifest(folder: Path) -> list[tuple[Path, str]]:
     return items
 
 
-def replay(recognizer: Recognizer, path: Path) -> tuple[str, int]:
-    """The finals' text of one file, and the number of decode requests the session made."""
+def replay(recognizer: Recognizer, path: Path, decode_ms: int = 0) -> tuple[str, int]:
+    """The finals' text of one file, and the number of decode requests the session made.
+
+    `decode_ms` is how much audio arrives while one decode runs: 0 answers each request at
+    once; more emulates a loaded decoder, whose requests come later and cover longer steps.
+    """
     samples, rate = soundfile.read(str(path), dtype="int16")
     if samples.ndim > 1:
         samples = samples[:, 0]
     assert rate == 16_000, path
     session = Session("replay", recognizer.info)
     session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
-    requests = 0
+    requests, busy_until, now = 0, 0, 0
 
-    def answer() -> None:
-        nonlocal requests
-        while (request := session.next_request()) is not None:
+    def answer(flush: bool = False) -> None:
+        nonlocal requests, busy_until
+        while (flush or now >= busy_until) and (request := session.next_request()) is not None:
             session.complete(recognizer.decode([request])[0])
             requests += 1
+            busy_until = now + decode_ms
+            if decode_ms and not flush:
+                return
 
     samples = np.concatenate([samples, np.zeros(16_000, np.int16)])
     for start in range(0, len(samples), FRAME):
         session.receive_audio(samples[start : start + FRAME].tobytes())
+        now = (start + FRAME) * 1000 // 16_000
         answer()
     session.receive_text(json.dumps({"type": "input.end"}))
-    answer()
+    answer(flush=True)
     events = [e.to_wire("replay", 0) for e in session.events_to_send()]
     text = " ".join(e["text"] for e in events if e["type"] == "transcript.final")
     return text.strip(), requests
@@ -77,6 +85,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="long,synthetic")
     parser.add_argument("--no-recheck", action="store_true")
+    parser.add_argument("--decode-ms", type=int, default=0, help="audio arriving per decode")
+    parser.add_argument("--files", help="only these file names, comma-separated")
     parser.add_argument("--out", type=Path, help="append each file's text here (JSON lines)")
     args = parser.parse_args()
     if args.no_recheck:
@@ -97,7 +107,9 @@ def main() -> None:
     for name in args.sets.split(","):
         pairs, requests, model_calls, began = [], 0, 0, time.perf_counter()
         for path, reference in manifest(SETS[name]):
-            text, count = replay(recognizer, path)
+            if args.files and path.name not in args.files.split(","):
+                continue
+            text, count = replay(recognizer, path, args.decode_ms)
             pairs.append((reference, text))
             requests += count
             if args.out:

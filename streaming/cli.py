@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from streaming.logs import configure_logging
 from streaming.models.options import add_model_arguments, load_from_arguments
 from streaming.mqtt import cli as mqtt_cli
 
@@ -54,6 +54,10 @@ def _add_session_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr-stream", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text",
+        help="json: one JSON object per line, with the session id where there is one",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser(
@@ -67,7 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds without frames")
     serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM) for wss://")
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
-    serve.add_argument("--token", default=None, help="require this token from clients")
+    serve.add_argument(
+        "--token", default=None,
+        help="require this token (or a grant from POST /v1/auth/grant) from clients",
+    )  # fmt: skip
+    serve.add_argument(
+        "--allowed-origin", action="append", default=[], metavar="ORIGIN",
+        help="a browser origin (https://host[:port]) allowed to connect (repeatable; default any)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--max-sessions-per-client", type=int, help="sessions one client address may hold"
+    )
     serve.add_argument("--step-ms", type=int, default=1000, help="audio between partial decodes")
     serve.add_argument(
         "--max-upload-mb", type=float, default=25.0,
@@ -129,11 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(args.log_level, args.log_format)
     if args.command == "serve":
         return _serve(args)
     if args.command == "transcribe":
@@ -171,6 +181,8 @@ def _serve(args: argparse.Namespace) -> int:
         certfile=args.certfile,
         keyfile=args.keyfile,
         token=args.token,
+        allowed_origins=tuple(args.allowed_origin),
+        max_sessions_per_client=args.max_sessions_per_client,
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         limits=Limits(step_ms=args.step_ms),
         vad=VadConfig(aggressiveness=args.vad_aggressiveness),

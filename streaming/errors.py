@@ -35,6 +35,7 @@ class CloseCode(IntEnum):
     IDLE_TIMEOUT = 4005  # no audio or keepalive for too long
     SESSION_LIMIT = 4006  # max_session_s reached
     UNAUTHORIZED = 4008  # missing or wrong token
+    FORBIDDEN_ORIGIN = 4009  # a browser page of an origin not allowed
 
 
 class StreamingError(Exception):

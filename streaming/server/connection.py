@@ -177,6 +177,11 @@ class FaceConnection:
             self._done.set()
 
 
+def client_address(websocket: WebSocket) -> str:
+    """The client's address (uvicorn takes it from X-Forwarded-For behind a local proxy)."""
+    return websocket.client.host if websocket.client else ""
+
+
 async def refuse(websocket: WebSocket, message: str, code: int, reason: str) -> None:
     """Accepts the upgrade only to send one refusal message and close with `code`."""
     with contextlib.suppress(*SEND_FAILURES):

@@ -30,7 +30,7 @@ from starlette.websockets import WebSocket
 from streaming import events as ev
 from streaming.config import parse_session_start
 from streaming.errors import CloseCode, StreamingError
-from streaming.server.connection import Face, Reply, refuse
+from streaming.server.connection import Face, Reply, client_address, refuse
 
 if TYPE_CHECKING:
     from streaming.server.service import StreamingServer
@@ -49,7 +49,7 @@ class DeepgramSettingsError(ValueError):
 async def handle(server: StreamingServer, websocket: WebSocket) -> None:
     """One Deepgram live connection, from upgrade to close."""
     query = dict(websocket.query_params)
-    refusal = server.refusal(websocket.headers, query)
+    refusal = server.refusal(websocket.headers, query, client_address(websocket))
     if refusal is not None:
         server.count_refusal("deepgram", refusal)
         body = _error(refusal.message, refusal.code)

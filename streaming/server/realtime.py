@@ -38,7 +38,7 @@ from starlette.websockets import WebSocket
 
 from streaming import events as ev
 from streaming.config import parse_session_start
-from streaming.server.connection import Face, Reply, refuse
+from streaming.server.connection import Face, Reply, client_address, refuse
 
 if TYPE_CHECKING:
     from streaming.server.service import StreamingServer
@@ -100,7 +100,7 @@ async def handle(server: StreamingServer, websocket: WebSocket) -> None:
     """One realtime connection, from upgrade to close."""
     query = dict(websocket.query_params)
     beta = websocket.headers.get("openai-beta", "").startswith("realtime")
-    refusal = server.refusal(websocket.headers, query)
+    refusal = server.refusal(websocket.headers, query, client_address(websocket))
     if refusal is not None:
         server.count_refusal("realtime", refusal)
         kind = "invalid_request_error" if refusal.code == "unauthorized" else "server_error"

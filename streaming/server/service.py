@@ -7,6 +7,7 @@
 | `WS /v1/listen` | Deepgram live (`deepgram.py`) |
 | `POST /v1/audio/transcriptions`, `/translations`, `GET /v1/models` | OpenAI audio API |
 | `GET /health`, `GET /metrics` | status JSON, Prometheus metrics (`metrics.py`) |
+| `POST /v1/auth/grant` | short-lived grants for browsers, Deepgram's shape (`auth.py`) |
 | `GET /` | the browser captioning page (client/web) |
 
 Why Starlette on uvicorn: the `websockets` server this service began on cannot take a POST with
@@ -16,8 +17,9 @@ one: flow control, size limits, pings); Starlette routes, parses multipart bodie
 and streams server-sent events. aiohttp would do too, with its own WebSocket implementation.
 
 Bounds and their policies:
-- sessions: at most `max_sessions` over all faces; one more WebSocket is accepted only to be told
-  why (`server_full`, close 1013); an HTTP request gets 429 with `Retry-After`;
+- sessions: at most `max_sessions` over all faces, and `max_sessions_per_client` from one client
+  address; one more WebSocket is accepted only to be told why (`server_full` or
+  `client_limit`, close 1013); an HTTP request gets 429 with `Retry-After`;
 - incoming frames: `max_message_bytes` (larger messages close the connection with 1009) and a
   queue of 16 frames per connection (reading pauses, TCP pushes back on the client);
 - outgoing events: per connection (`streaming.server.connection`);
@@ -30,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import mimetypes
@@ -55,7 +56,14 @@ from streaming import events as ev
 from streaming.config import SessionConfig
 from streaming.errors import CapacityError, CloseCode, StreamingError
 from streaming.recognizer import Recognizer
-from streaming.server.connection import Face, FaceConnection, refuse
+from streaming.server.auth import (
+    DEFAULT_TTL_S,
+    GrantError,
+    Grants,
+    origin_allowed,
+    token_matches,
+)
+from streaming.server.connection import Face, FaceConnection, client_address, refuse
 from streaming.server.metrics import CONTENT_TYPE, ServiceMetrics
 from streaming.server.native import NativeFace
 from streaming.session import Limits, Session
@@ -93,8 +101,14 @@ class ServerConfig:
     # TLS certificate and key (PEM) for wss:// and https://
     certfile: Path | None = None
     keyfile: Path | None = None
-    # when set, clients must send it (?token=, "Authorization: Bearer ..." or "Token ...")
+    # when set, clients must send it or a grant signed with it (?token=, "Authorization: Bearer
+    # ..." or "Token ..."); see `streaming.server.auth`
     token: str | None = None
+    # browser origins (scheme://host[:port]) allowed to open WebSockets; empty allows any
+    allowed_origins: tuple[str, ...] = ()
+    # sessions one client address may hold at once (behind a proxy on 127.0.0.1, uvicorn takes
+    # the address from X-Forwarded-For); None: only max_sessions applies
+    max_sessions_per_client: int | None = None
     # directory served at / (the browser page); None disables it
     web_root: Path | None = WEB_ROOT
     limits: Limits = field(default_factory=Limits)
@@ -104,6 +118,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions!r}")
+        if self.max_sessions_per_client is not None and self.max_sessions_per_client < 1:
+            raise ValueError(
+                f"max_sessions_per_client must be at least 1, got {self.max_sessions_per_client!r}"
+            )
         if (self.certfile is None) != (self.keyfile is None):
             raise ValueError("certfile and keyfile must be given together")
 
@@ -128,6 +146,8 @@ class StreamingServer:
         )
         self.metrics.queue_depth.set_function(lambda: self.worker.pending)
         self._connections: set[FaceConnection] = set()
+        self._per_client: dict[str, int] = {}  # open WebSocket sessions by client address
+        self.grants = Grants(self.config.token) if self.config.token is not None else None
         self._http_sessions = 0  # HTTP transcriptions running (they count as sessions)
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
@@ -223,6 +243,7 @@ class StreamingServer:
             WebSocketRoute("/v1/listen", lambda ws: deepgram.handle(self, ws)),
             *openai_http.routes(self),
             Route(HEALTH_PATH, self._health),
+            Route(GRANT_PATH, self._grant, methods=["POST"]),
             Route("/metrics", self._metrics),
             Route("/{path:path}", self._static),
         ]
@@ -250,6 +271,35 @@ class StreamingServer:
     async def _health(self, request: Request) -> Response:
         status = 503 if self._stopping else 200
         return JSONResponse(self.health(), status_code=status, headers=NO_STORE)
+
+    async def _grant(self, request: Request) -> Response:
+        """Deepgram's `POST /v1/auth/grant`: a short-lived grant, for the server token only."""
+        offered = offered_token(request.headers) or ""
+        if self.config.token is None or self.grants is None:
+            return _grant_error(404, "no_token", "this server takes no token: connect without one")
+        if not token_matches(offered, self.config.token):  # a grant never mints grants
+            return _grant_error(401, "unauthorized", "the server token is required")
+        try:
+            options = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return _grant_error(400, "invalid_json", "the body must be a JSON object")
+        if not isinstance(options, dict):
+            return _grant_error(400, "invalid_json", "the body must be a JSON object")
+        ttl = options.get("ttl_seconds")
+        if ttl is None:
+            ttl = DEFAULT_TTL_S
+        if isinstance(ttl, float) and ttl.is_integer():
+            ttl = int(ttl)  # Deepgram's SDK sends a float
+        single_use = options.get("single_use", False)
+        if not isinstance(single_use, bool):
+            return _grant_error(400, "invalid_request", "single_use must be true or false")
+        try:
+            grant = self.grants.issue(ttl, single_use=single_use)
+        except GrantError as exc:
+            status = 429 if single_use and "outstanding" in str(exc) else 400
+            return _grant_error(status, "invalid_request", str(exc))
+        body = {"access_token": grant, "expires_in": ttl}
+        return JSONResponse(body, headers=NO_STORE)
 
     async def _metrics(self, request: Request) -> Response:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE, headers=NO_STORE)
@@ -281,28 +331,45 @@ class StreamingServer:
         return len(self._connections) + self._http_sessions
 
     def refusal(
-        self, headers: Mapping[str, str], query: Mapping[str, str]
+        self, headers: Mapping[str, str], query: Mapping[str, str], client: str = ""
     ) -> StreamingError | None:
-        """Why a new session cannot start now (shutting down, bad token, full), or None."""
+        """Why a new WebSocket session cannot start now, or None.
+
+        Checked in this order: shutting down, a browser origin not allowed, the server or this
+        client full, then the credentials last, so that a single-use grant is spent only by a
+        session that really opens.
+        """
         if self._stopping:
             return CapacityError("the server is shutting down", code="server_shutting_down")
-        if not self.authorized(headers, query):
-            error = StreamingError("missing or wrong token", code="unauthorized", fatal=True)
-            error.close_code = CloseCode.UNAUTHORIZED
+        if not origin_allowed(headers, self.config.allowed_origins):
+            error = StreamingError(
+                f"origin {headers.get('origin')!r} may not connect (--allowed-origin)",
+                code="origin_not_allowed", fatal=True,
+            )  # fmt: skip
+            error.close_code = CloseCode.FORBIDDEN_ORIGIN
             return error
         if self.active_sessions >= self.config.max_sessions:
             return CapacityError(
                 f"the server is full ({self.config.max_sessions} sessions); try again later"
             )
+        per_client = self.config.max_sessions_per_client
+        if per_client is not None and self._per_client.get(client, 0) >= per_client:
+            return CapacityError(
+                f"this client already holds {per_client} sessions; close one first",
+                code="client_limit",
+            )
+        if not self.authorized(headers, query):
+            error = StreamingError("missing or wrong token", code="unauthorized", fatal=True)
+            error.close_code = CloseCode.UNAUTHORIZED
+            return error
         return None
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
-        """Whether the request carries the server's token (always, when there is none)."""
-        if self.config.token is None:
+        """Whether the request carries the server token or a valid grant (always, if no token)."""
+        if self.config.token is None or self.grants is None:
             return True
         offered = query.get("token") or offered_token(headers) or ""
-        # compare_digest takes as long whatever the token: no timing hint to a guesser
-        return hmac.compare_digest(offered.encode(), self.config.token.encode())
+        return token_matches(offered, self.config.token) or self.grants.accept(offered)
 
     def new_session(
         self, query: Mapping[str, str] | None = None, config: SessionConfig | None = None
@@ -322,7 +389,9 @@ class StreamingServer:
         self.metrics.refused.labels(face, error.code).inc()
 
     async def run_face(self, websocket: WebSocket, face: Face) -> None:
-        """Runs one accepted WebSocket face session to its end, counted against the limit."""
+        """Runs one accepted WebSocket face session to its end, counted against the limits."""
+        client = client_address(websocket)
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         connection = FaceConnection(
             websocket, face, self.worker,
             max_outbox=self.config.max_outbox, idle_timeout_s=self.config.idle_timeout_s,
@@ -332,19 +401,23 @@ class StreamingServer:
         self._no_sessions.clear()
         self.metrics.sessions.labels(face.name).inc()
         self.metrics.sessions_active.labels(face.name).inc()
-        log.info("%s session %s opened (%d active)", face.name, face.session.session_id,
-                 self.active_sessions)  # fmt: skip
+        session_id = face.session.session_id
+        log.info("%s session %s opened from %s (%d active)", face.name, session_id, client,
+                 self.active_sessions, extra={"session": session_id})  # fmt: skip
         try:
             await connection.run()
         except Exception:
-            log.exception("session %s failed", face.session.session_id)
+            log.exception("session %s failed", session_id, extra={"session": session_id})
             with contextlib.suppress(Exception):
                 await websocket.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]  # bounded by the open sessions
             self._connections.discard(connection)
             self.metrics.sessions_active.labels(face.name).dec()
             self._session_ended()
-            log.info("session %s closed", face.session.session_id)
+            log.info("session %s closed", session_id, extra={"session": session_id})
 
     @contextlib.asynccontextmanager
     async def http_session(self) -> Any:
@@ -378,7 +451,7 @@ class StreamingServer:
 
     async def _native(self, websocket: WebSocket) -> None:
         query = dict(websocket.query_params)
-        refusal = self.refusal(websocket.headers, query)
+        refusal = self.refusal(websocket.headers, query, client_address(websocket))
         if refusal is not None:
             self.count_refusal("native", refusal)
             event = ev.Error(0, refusal.code, refusal.message, True)
@@ -391,6 +464,13 @@ class StreamingServer:
 
 
 NO_STORE = {"Cache-Control": "no-store"}
+GRANT_PATH = "/v1/auth/grant"
+
+
+def _grant_error(status: int, code: str, message: str) -> Response:
+    """An error in Deepgram's shape (`err_code`, `err_msg`)."""
+    return JSONResponse({"err_code": code, "err_msg": message}, status_code=status,
+                        headers=NO_STORE)  # fmt: skip
 
 
 def offered_token(headers: Mapping[str, str]) -> str | None:
