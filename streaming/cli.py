@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -167,6 +168,14 @@ def _load(args: argparse.Namespace) -> Any:
         raise SystemExit(2) from None
 
 
+def _announce(args: argparse.Namespace, message: str) -> None:
+    """A line for the operator: printed, or logged when stderr must hold only JSON lines."""
+    if args.log_format == "json":
+        logging.getLogger("streaming.cli").warning(message)
+    else:
+        print(f"asr-stream: {message}", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from streaming.server.service import ServerConfig, StreamingServer
     from streaming.session import Limits
@@ -195,14 +204,14 @@ def _serve(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         scheme = "wss" if args.certfile else "ws"
-        print(
-            f"asr-stream: serving {server.model_name} on {scheme}://{args.host}:{server.port}"
+        banner = (
+            f"serving {server.model_name} on {scheme}://{args.host}:{server.port}"
             "/v1/stream (OpenAI API at /v1, Deepgram at /v1/listen, page at /, health at "
-            "/health, metrics at /metrics); Ctrl-C stops",
-            file=sys.stderr,
+            "/health, metrics at /metrics); Ctrl-C stops"
         )
+        _announce(args, banner)
         await stop.wait()
-        print("asr-stream: shutting down, finishing open sessions", file=sys.stderr)
+        _announce(args, "shutting down, finishing open sessions")
 
     asyncio.run(server.serve_forever(until_signal))
     return 0
