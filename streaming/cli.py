@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-sessions-per-client", type=int, help="sessions one client address may hold"
     )
+    serve.add_argument(
+        "--connects-per-minute", type=float, help="new sessions one client address may open"
+    )
     serve.add_argument("--step-ms", type=int, default=1000, help="audio between partial decodes")
     serve.add_argument(
         "--max-upload-mb", type=float, default=25.0,
@@ -192,6 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token,
         allowed_origins=tuple(args.allowed_origin),
         max_sessions_per_client=args.max_sessions_per_client,
+        connects_per_minute=args.connects_per_minute,
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         limits=Limits(step_ms=args.step_ms),
         vad=VadConfig(aggressiveness=args.vad_aggressiveness),

@@ -121,3 +121,41 @@ def _payload(body: str) -> dict[str, object] | None:
     except (binascii.Error, ValueError, UnicodeDecodeError):
         return None
     return decoded if isinstance(decoded, dict) else None
+
+
+@dataclass
+class ConnectionRate:
+    """New sessions per client address: a token bucket of `per_minute`, bursts of `burst`.
+
+    Bounded: at most `max_clients` addresses are tracked. When that many are, the buckets that
+    have refilled are dropped first (forgetting a full bucket changes nothing), then the ones
+    seen longest ago (such a client gets a fresh burst: the cost of the bound).
+    """
+
+    per_minute: float
+    burst: int
+    clock: Callable[[], float] = time.monotonic
+    max_clients: int = 10_000
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # tokens, seen at
+
+    def allow(self, client: str) -> bool:
+        """Takes one token for `client`; False when it has none left (refuse the session)."""
+        now = self.clock()
+        tokens, seen = self._buckets.pop(client, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - seen) * self.per_minute / 60)
+        if client not in self._buckets and len(self._buckets) >= self.max_clients:
+            self._prune(now)
+        allowed = tokens >= 1
+        self._buckets[client] = (tokens - 1 if allowed else tokens, now)  # newest last
+        return allowed
+
+    def retry_after_s(self, client: str) -> int:
+        tokens, _ = self._buckets.get(client, (float(self.burst), 0.0))
+        return max(1, int((1 - tokens) * 60 / self.per_minute) + 1)
+
+    def _prune(self, now: float) -> None:
+        for client, (tokens, seen) in list(self._buckets.items()):
+            if tokens + (now - seen) * self.per_minute / 60 >= self.burst:
+                del self._buckets[client]
+        while len(self._buckets) >= self.max_clients:
+            del self._buckets[next(iter(self._buckets))]  # dicts keep insertion order

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import mimetypes
 import socket
 import ssl
@@ -58,6 +59,7 @@ from streaming.errors import CapacityError, CloseCode, StreamingError
 from streaming.recognizer import Recognizer
 from streaming.server.auth import (
     DEFAULT_TTL_S,
+    ConnectionRate,
     GrantError,
     Grants,
     origin_allowed,
@@ -109,6 +111,8 @@ class ServerConfig:
     # sessions one client address may hold at once (behind a proxy on 127.0.0.1, uvicorn takes
     # the address from X-Forwarded-For); None: only max_sessions applies
     max_sessions_per_client: int | None = None
+    # new sessions one client address may open per minute (bursts of as many); None: no limit
+    connects_per_minute: float | None = None
     # directory served at / (the browser page); None disables it
     web_root: Path | None = WEB_ROOT
     limits: Limits = field(default_factory=Limits)
@@ -118,6 +122,10 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_sessions < 1:
             raise ValueError(f"max_sessions must be at least 1, got {self.max_sessions!r}")
+        if self.connects_per_minute is not None and self.connects_per_minute <= 0:
+            raise ValueError(
+                f"connects_per_minute must be positive, got {self.connects_per_minute!r}"
+            )
         if self.max_sessions_per_client is not None and self.max_sessions_per_client < 1:
             raise ValueError(
                 f"max_sessions_per_client must be at least 1, got {self.max_sessions_per_client!r}"
@@ -148,6 +156,10 @@ class StreamingServer:
         self._connections: set[FaceConnection] = set()
         self._per_client: dict[str, int] = {}  # open WebSocket sessions by client address
         self.grants = Grants(self.config.token) if self.config.token is not None else None
+        rate = self.config.connects_per_minute
+        self.connection_rate = (
+            ConnectionRate(rate, burst=max(1, math.ceil(rate))) if rate is not None else None
+        )
         self._http_sessions = 0  # HTTP transcriptions running (they count as sessions)
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
@@ -336,8 +348,8 @@ class StreamingServer:
         """Why a new WebSocket session cannot start now, or None.
 
         Checked in this order: shutting down, a browser origin not allowed, the server or this
-        client full, then the credentials last, so that a single-use grant is spent only by a
-        session that really opens.
+        client full, this client's connection rate, then the credentials last, so that a
+        single-use grant is spent only by a session that really opens.
         """
         if self._stopping:
             return CapacityError("the server is shutting down", code="server_shutting_down")
@@ -357,6 +369,12 @@ class StreamingServer:
             return CapacityError(
                 f"this client already holds {per_client} sessions; close one first",
                 code="client_limit",
+            )
+        if self.connection_rate is not None and not self.connection_rate.allow(client):
+            return CapacityError(
+                f"this client opens sessions too fast ({self.config.connects_per_minute:g} per "
+                f"minute); try again in {self.connection_rate.retry_after_s(client)} s",
+                code="rate_limited",
             )
         if not self.authorized(headers, query):
             error = StreamingError("missing or wrong token", code="unauthorized", fatal=True)

@@ -9,6 +9,7 @@ from streaming.models.whisper import WhisperSegmentState
 from streaming.recognizer import DecodeRequest, OfflineOptions, Word, join_words
 from streaming.scoring import corpus_wer, edit_distance, normalize
 from tests.conftest import DATA_DIR, read_wav
+from tests.server.test_long_form import deletions
 
 ECCLESIASTES_14S = (
     "To every thing there is a season, and a time to every purpose under the heaven. A time to "
@@ -82,12 +83,14 @@ def test_repeated_phrases_keep_every_word_the_audio_supports(whisper):
     that cut the continuation at such stacks kept 14 of these words.
     """
     audio = long_form("ecclesiastes.wav", 14.0)
-    reference = normalize(ECCLESIASTES_14S)
     first = whisper.decode([DecodeRequest(audio=audio)])[0].words
     for committed in ((), first[:3], first[:10]):
         request = DecodeRequest(audio=audio, committed=committed, final=True)
-        words = normalize(join_words(whisper.decode([request])[0].words))
-        assert edit_distance(reference, words) <= 4, words  # at most the word cut at 14 s
+        text = join_words(whisper.decode([request])[0].words)
+        # words lost, not edits: the same decode reads "a" as "i" twice after a 10-word prefix
+        # with today's dependency versions (2026-12-02), which is no cut. At most "thing"
+        # (heard as "everything") and "up", cut at 14 s.
+        assert deletions(ECCLESIASTES_14S, text) <= 2, text
 
 
 def test_a_long_prefix_leaves_the_whole_budget_for_new_words(whisper):

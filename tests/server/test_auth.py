@@ -17,7 +17,7 @@ from websockets.exceptions import ConnectionClosed
 
 from streaming.logs import JsonFormatter
 from streaming.server import auth
-from streaming.server.auth import GrantError, Grants
+from streaming.server.auth import ConnectionRate, GrantError, Grants
 from tests.server.serving import serving
 from tests.server.test_deepgram import deepgram
 
@@ -202,3 +202,37 @@ async def test_json_logs_name_the_session(whisper):
     ours = [r for r in records if r.get("session") == event["session_id"]]
     assert [r["message"].split()[-1] for r in ours][-1] == "closed", records
     assert all({"ts", "level", "logger", "message"} <= r.keys() for r in records)
+
+
+def test_a_client_opening_sessions_too_fast_is_slowed_to_its_rate():
+    clock = Clock()
+    rate = ConnectionRate(per_minute=6, burst=2, clock=clock)
+    assert [rate.allow("a") for _ in range(3)] == [True, True, False]
+    assert rate.allow("b")  # another address has its own bucket
+    assert rate.retry_after_s("a") == 11  # one token every 10 s
+    clock.now += 10
+    assert rate.allow("a") and not rate.allow("a")
+
+
+def test_the_rate_table_stays_bounded_and_forgets_refilled_clients_first():
+    clock = Clock()
+    rate = ConnectionRate(per_minute=60, burst=1, clock=clock, max_clients=3)
+    for client in "abc":
+        assert rate.allow(client)
+    clock.now += 0.5
+    assert rate.allow("d")  # the table is full: the oldest ("a") is dropped
+    assert len(rate._buckets) == 3 and "a" not in rate._buckets
+    clock.now += 2  # b, c and d have refilled: dropped before anything else
+    assert rate.allow("e") and set(rate._buckets) == {"e"}
+
+
+@pytest.mark.asyncio
+async def test_a_connection_burst_beyond_the_rate_is_refused_with_1013(whisper):
+    async with serving(whisper, connects_per_minute=2) as server:
+        stream = f"ws://127.0.0.1:{server.port}/v1/stream"
+        for _ in range(2):
+            event, _ = await first_event_and_close(stream)
+            assert event["type"] == "session.created"
+        event, code = await first_event_and_close(stream)
+        assert (event["code"], code) == ("rate_limited", 1013)
+        assert "try again in" in event["message"]
