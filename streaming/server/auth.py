@@ -39,6 +39,10 @@ class GrantError(ValueError):
     """A grant request that cannot be served (the message says why)."""
 
 
+class SingleUseTableFull(GrantError):
+    """Too many single-use grants are outstanding: try again later (HTTP 429)."""
+
+
 @dataclass
 class Grants:
     """Issues and checks short-lived grants signed under the server token."""
@@ -56,7 +60,7 @@ class Grants:
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
             raise GrantError(f"ttl_seconds must be a whole number from 1 to {MAX_TTL_S}")
         if single_use and self._unexpired_single_use() >= MAX_SINGLE_USE:
-            raise GrantError("too many single-use grants outstanding; try again later")
+            raise SingleUseTableFull("too many single-use grants outstanding; try again later")
         payload = {"exp": int(self.clock()) + ttl_s, "id": secrets.token_urlsafe(12)}
         if single_use:
             payload["once"] = True
@@ -141,8 +145,7 @@ class ConnectionRate:
     def allow(self, client: str) -> bool:
         """Takes one token for `client`; False when it has none left (refuse the session)."""
         now = self.clock()
-        tokens, seen = self._buckets.pop(client, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - seen) * self.per_minute / 60)
+        tokens = self._refilled(*self._buckets.pop(client, (float(self.burst), now)), now)
         if client not in self._buckets and len(self._buckets) >= self.max_clients:
             self._prune(now)
         allowed = tokens >= 1
@@ -153,9 +156,12 @@ class ConnectionRate:
         tokens, _ = self._buckets.get(client, (float(self.burst), 0.0))
         return max(1, int((1 - tokens) * 60 / self.per_minute) + 1)
 
+    def _refilled(self, tokens: float, seen: float, now: float) -> float:
+        return min(float(self.burst), tokens + (now - seen) * self.per_minute / 60)
+
     def _prune(self, now: float) -> None:
         for client, (tokens, seen) in list(self._buckets.items()):
-            if tokens + (now - seen) * self.per_minute / 60 >= self.burst:
+            if self._refilled(tokens, seen, now) >= self.burst:
                 del self._buckets[client]
         while len(self._buckets) >= self.max_clients:
             del self._buckets[next(iter(self._buckets))]  # dicts keep insertion order

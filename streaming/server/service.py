@@ -62,6 +62,7 @@ from streaming.server.auth import (
     ConnectionRate,
     GrantError,
     Grants,
+    SingleUseTableFull,
     origin_allowed,
     token_matches,
 )
@@ -308,7 +309,7 @@ class StreamingServer:
         try:
             grant = self.grants.issue(ttl, single_use=single_use)
         except GrantError as exc:
-            status = 429 if single_use and "outstanding" in str(exc) else 400
+            status = 429 if isinstance(exc, SingleUseTableFull) else 400
             return _grant_error(status, "invalid_request", str(exc))
         body = {"access_token": grant, "expires_in": ttl}
         return JSONResponse(body, headers=NO_STORE)

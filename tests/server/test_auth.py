@@ -20,6 +20,7 @@ from streaming.server import auth
 from streaming.server.auth import ConnectionRate, GrantError, Grants
 from tests.server.serving import serving
 from tests.server.test_deepgram import deepgram
+from tests.server.test_faults import settled
 
 
 class Clock:
@@ -170,10 +171,7 @@ async def test_one_client_may_hold_only_its_share_of_sessions(whisper):
             assert json.loads(await first.recv())["type"] == "session.created"
             event, code = await first_event_and_close(stream)
             assert (event["code"], code) == ("client_limit", 1013)
-        for _ in range(50):  # the first one's slot is given back when it has closed
-            if not server._per_client:
-                break
-            await asyncio.sleep(0.05)
+        await settled(server)  # the first one's slot is given back when it has closed
         event, _ = await first_event_and_close(stream)
         assert event["type"] == "session.created"
         assert server._per_client == {}  # no address left behind
@@ -191,10 +189,7 @@ async def test_json_logs_name_the_session(whisper):
     try:
         async with serving(whisper) as server:
             event, _ = await first_event_and_close(f"ws://127.0.0.1:{server.port}/v1/stream")
-            for _ in range(50):
-                if server.active_sessions == 0:
-                    break
-                await asyncio.sleep(0.05)
+            await settled(server)
     finally:
         service_log.removeHandler(handler)
         service_log.setLevel(level)

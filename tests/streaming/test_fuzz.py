@@ -25,9 +25,9 @@ from streaming.errors import AudioFormatError
 from streaming.invariants import check_events
 from streaming.mqtt.audio import HEADER, HEADER_BYTES, VERSION, AudioPacket
 from streaming.session import Session
-from tests.streaming.fakes import ScriptedRecognizer, s16, silence, tone
+from tests.streaming.fakes import ScriptedRecognizer, silence, tone
+from tests.streaming.test_session import SCRIPT, Driver
 
-SCRIPT = [(" Go", 500), (" forward", 1000), (" ten", 1500), (" meters.", 2000)]
 FRAME_LIMIT_BYTES = 32_000  # Limits.max_frame_ms (1 s) of 16 kHz s16 mono
 DOCUMENTED_ERRORS = {
     "invalid_json", "invalid_message", "unknown_message_type", "invalid_audio_frame",
@@ -71,34 +71,23 @@ actions = st.one_of(
 )  # fmt: skip
 
 
-class Fuzzed:
-    """One session, its recognizer, and everything it sent."""
+class Fuzzed(Driver):
+    """A session driven by the fuzzer: its decodes are answered only when the fuzzer says."""
 
     def __init__(self) -> None:
-        self.recognizer = ScriptedRecognizer(SCRIPT)
-        self.session = Session("fuzz", self.recognizer.info)
-        self.log: list[dict[str, Any]] = []
-        self.collect()
+        recognizer = ScriptedRecognizer(SCRIPT)
+        super().__init__(Session("fuzz", recognizer.info), recognizer, answer=False)
 
-    def collect(self) -> list[dict[str, Any]]:
-        new = [e.to_wire("fuzz", len(self.log) + i + 1)
-               for i, e in enumerate(self.session.events_to_send())]  # fmt: skip
-        self.log.extend(new)
-        return new
-
-    def answer(self) -> None:
-        while (request := self.session.next_request()) is not None:
-            self.session.complete(self.recognizer.decode([request])[0])
-
-    def audio(self, pcm: bytes) -> None:
-        for start in range(0, len(pcm), 1280):  # 40 ms frames
-            self.session.receive_audio(pcm[start : start + 1280])
+    def decode_now(self) -> None:
+        self.answer = True
+        self.pump()
+        self.answer = False
 
     def apply(self, kind: str, value: Any) -> None:
         if kind == "speech":
-            self.audio(s16(tone(value)))
+            self.audio(tone(value), frame=1280)  # 40 ms frames
         elif kind == "silence":
-            self.audio(s16(silence(value)))
+            self.audio(silence(value), frame=1280)
         elif kind == "bytes":
             self.session.receive_audio(value)
         elif kind == "frame":
@@ -112,7 +101,7 @@ class Fuzzed:
                 json.dumps({"type": "session.update", "context": "x" * value})
             )
         elif kind == "answer":
-            self.answer()
+            self.decode_now()
 
 
 def is_json(text: str) -> bool:
@@ -134,14 +123,14 @@ def is_json(text: str) -> bool:
 def test_no_input_sequence_breaks_a_session(sequence):
     fuzzed = Fuzzed()
     for kind, value in sequence:
-        was_finished = fuzzed.session.finished
+        was_finished, seen = fuzzed.session.finished, len(fuzzed.log)
         fuzzed.apply(kind, value)
-        emitted = fuzzed.collect()
+        fuzzed.pump()
+        emitted = fuzzed.log[seen:]
         if kind == "text" and not is_json(value) and not was_finished:
             assert any(e.get("code") == "invalid_json" for e in emitted), (value, emitted)
     fuzzed.session.receive_text(json.dumps({"type": "input.end"}))
-    fuzzed.answer()
-    fuzzed.collect()
+    fuzzed.decode_now()
     errors = [e for e in fuzzed.log if e["type"] == "error"]
     for error in errors:
         assert error["code"] in DOCUMENTED_ERRORS and error["message"], error
@@ -163,10 +152,9 @@ def test_the_fuzzer_reaches_speech_and_errors_alike():
         ("control", {"type": "bogus"}),
     ]:
         fuzzed.apply(kind, value)  # fmt: skip
-        fuzzed.answer()
+        fuzzed.decode_now()
     fuzzed.session.receive_text(json.dumps({"type": "input.end"}))
-    fuzzed.answer()
-    fuzzed.collect()
+    fuzzed.decode_now()
     codes = [e["code"] for e in fuzzed.log if e["type"] == "error"]
     assert codes == ["invalid_json", "invalid_audio_frame", "frame_too_large",
                      "unknown_message_type"], codes  # fmt: skip
