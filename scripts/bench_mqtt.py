@@ -15,6 +15,15 @@ published -> the call's last transcript.final received (both channels), measured
 tap's process.
 
     .venv/bin/python scripts/bench_mqtt.py [--calls 1,2,3,4,6] [--model tiny.en]
+
+Soak (`--soak CALLS`): many short calls through one worker, `--soak-concurrency` at a time
+(real-time pace, `--seconds` of speech per channel), in waves. After each wave it records the
+worker's RSS (/proc) and the wave's end-of-call latencies; reported are the least-squares slopes
+of both per 100 calls (flat means no per-call leak and no slow-down), the channels that did not
+close, errors, protocol violations and the pooled WER, and the calls the worker still holds at
+the end (its retained status; must be 0).
+
+    .venv/bin/python scripts/bench_mqtt.py --soak 200 --soak-concurrency 2 --seconds 5
 """
 
 from __future__ import annotations
@@ -170,6 +179,7 @@ def analyse(n: int, run: dict[str, Any]) -> dict[str, Any]:
         "slope": max(slopes, default=float("nan")),
         "latencies": latencies,
         "wer": corpus_wer(pairs).wer,
+        "pairs": pairs,
         "errors": errors,
         "violations": len(problems),
         "closed": sessions_closed,
@@ -197,13 +207,82 @@ async def wait_online(port: int) -> None:
         await listener.wait_for(lambda: any(b"online" in m.payload for m in listener.messages), 120)
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def held_calls(port: int) -> int:
+    """The calls the worker says it holds, from its retained status (updated every 2 s)."""
+    await asyncio.sleep(3)
+    async with Listener(port, "asr/_workers/bench/status", "bench-soak-status") as listener:
+        await listener.wait_for(lambda: bool(listener.messages), 20)
+        return int(listener.messages[-1].json().get("calls", -1))
+
+
+def soak(port: int, worker: subprocess.Popen, calls: int, concurrency: int, seconds: float) -> int:
+    waves = []
+    started = time.monotonic()
+    for run_id in range(calls // concurrency):
+        run = asyncio.run(run_calls(port, run_id, concurrency, seconds))
+        result = analyse(concurrency, run)
+        result["rss"] = rss_mb(worker.pid)
+        result["done"] = (run_id + 1) * concurrency
+        waves.append(result)
+        if run_id % 10 == 0:
+            print(
+                f"{result['done']} calls: RSS {result['rss']:.0f} MB, latency P50 "
+                f"{percentile(result['latencies'], 50):.0f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
+    held = asyncio.run(held_calls(port))
+    done = np.array([w["done"] for w in waves], dtype=float)
+    rss = np.array([w["rss"] for w in waves])
+    latency = np.array([percentile(w["latencies"], 50) for w in waves])
+    lat_ok = ~np.isnan(latency)
+    all_latencies = [x for w in waves for x in w["latencies"]]
+    total = len(waves) * concurrency
+    closed = sum(w["closed"] for w in waves)
+    print(f"\n`.venv/bin/python scripts/bench_mqtt.py {' '.join(sys.argv[1:])}`\n")
+    print(
+        f"{total} calls ({2 * total} channels, {seconds:.0f} s of speech each), {concurrency} "
+        f"at a time, {time.monotonic() - started:.0f} s wall\n"
+    )
+    print("| figure | first wave | last wave | slope per 100 calls |\n|---|---|---|---|")
+    print(
+        f"| worker RSS (MB) | {rss[0]:.0f} | {rss[-1]:.0f} "
+        f"| {np.polyfit(done, rss, 1)[0] * 100:+.1f} MB |"
+    )
+    print(
+        f"| input.end -> last final, wave P50 (ms) | {latency[lat_ok][0]:.0f} "
+        f"| {latency[lat_ok][-1]:.0f} "
+        f"| {np.polyfit(done[lat_ok], latency[lat_ok], 1)[0] * 100:+.0f} ms |"
+    )
+    print(
+        f"\nEnd-of-call latency over all calls: P50 {percentile(all_latencies, 50):.0f} ms, "
+        f"P95 {percentile(all_latencies, 95):.0f} ms. Channels closed: {closed} of "
+        f"{2 * total}; errors {sum(w['errors'] for w in waves)}; violations "
+        f"{sum(w['violations'] for w in waves)}; pooled WER "
+        f"{corpus_wer([p for w in waves for p in w['pairs']]).wer:.1%}; calls still held "
+        f"at the end: {held}."
+    )
+    return 0 if closed == 2 * total and held == 0 else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", default="1,2,3,4,6", help="concurrent call counts to try")
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--seconds", type=float, default=15.0, help="speech per channel")
+    parser.add_argument("--soak", type=int, default=0, help="calls of the soak (0: no soak)")
+    parser.add_argument("--soak-concurrency", type=int, default=2)
     args = parser.parse_args()
     counts = [int(c) for c in args.calls.split(",")]
+    if args.soak:
+        counts = [args.soak_concurrency]
     directory = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
     broker = Broker(directory)
     broker.start()
@@ -211,6 +290,8 @@ def main() -> int:
     results = []
     try:
         asyncio.run(wait_online(broker.port))
+        if args.soak:
+            return soak(broker.port, worker, args.soak, args.soak_concurrency, args.seconds)
         for run_id, n in enumerate(counts):
             run = asyncio.run(run_calls(broker.port, run_id, n, args.seconds))
             result = analyse(n, run)

@@ -136,8 +136,10 @@ async def long_session(server: Server, minutes: float, sample_s: float) -> dict[
     usable = [r for r in rows if not np.isnan(r["decode_ms"])]
     hours = [r["audio_h"] for r in usable]
     summary = {"audio_h": samples_audio_h, "wall_s": wall_s, "loops": loops,
-               "wer": wer.wer, "finals": len(result.finals), "errors": errors,
-               "per_loop": per_loop,
+               "wer": wer.wer, "errors": errors,
+               "per_loop": per_loop, "reference": reference,
+               "finals": [{k: f[k] for k in ("start_ms", "end_ms", "text")}
+                          for f in result.finals],
                "samples": rows}  # fmt: skip
     for key in ("rss_mb", "probe_ms", "decode_ms"):
         values = [r[key] for r in usable]
@@ -265,7 +267,9 @@ async def main() -> None:
             results["long_session"] = await long_session(server, args.minutes, args.sample_s)
         finally:
             server.stop()
-        print(json.dumps({k: v for k, v in results["long_session"].items() if k != "samples"},
+        shown = {k: v for k, v in results["long_session"].items()
+                 if k not in ("samples", "finals", "reference")}  # fmt: skip
+        print(json.dumps({**shown, "finals": len(results["long_session"]["finals"])},
                          default=str), flush=True)  # fmt: skip
     if "idle" not in skip:
         results["idle"] = await idle_crowd(args.model, args.idle, args.active, args.idle_timeout)

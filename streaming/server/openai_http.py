@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -45,6 +46,7 @@ ALIASES = frozenset({"default", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-t
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = frozenset({"word", "segment"})
 RETRY_AFTER_S = 1
+TAIL_BYTES = 4_096  # an epilogue after the closing boundary (RFC 2046) longer than this is refused
 
 
 class ApiError(Exception):
@@ -182,21 +184,33 @@ class OpenAiApi:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise too_large
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            raise ApiError(400, "expected a multipart/form-data body with a file",
+                           code="invalid_request")  # fmt: skip
+        boundary = parse_options_header(content_type)[1].get(b"boundary", b"")
+        close_delimiter = b"--" + boundary + b"--"
         received = 0
+        tail = b""  # the body's last bytes: where the closing boundary must be
         receive = request.receive
 
         async def counted() -> Any:  # bounds a body sent without Content-Length too
-            nonlocal received
+            nonlocal received, tail
             message = await receive()
-            received += len(message.get("body", b""))
+            body = message.get("body", b"")
+            received += len(body)
             if received > limit:
                 raise too_large
+            tail = (tail + body)[-(len(close_delimiter) + TAIL_BYTES) :]
+            ended = message["type"] == "http.request" and not message.get("more_body", False)
+            # The multipart parser takes a body cut short for a complete one, without its last
+            # part (and leaves that part's spooled file open): refused here instead.
+            if ended and boundary and close_delimiter not in tail:
+                raise ApiError(400, "the multipart body ends before its closing boundary "
+                               "(a truncated upload?)", code="invalid_request")  # fmt: skip
             return message
 
         bounded = Request(request.scope, counted)
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise ApiError(400, "expected a multipart/form-data body with a file",
-                           code="invalid_request")  # fmt: skip
         try:
             return await bounded.form(max_files=1, max_fields=64)
         except ClientDisconnect:

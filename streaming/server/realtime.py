@@ -210,9 +210,10 @@ class RealtimeFace(Face):
         if session.get("type", "transcription") != "transcription":
             raise RealtimeError("this endpoint serves transcription sessions: session.type must "
                                 "be 'transcription'", "invalid_value", "session.type")  # fmt: skip
-        audio_input = (session.get("audio") or {}).get("input") or {}
+        audio = _object(session.get("audio"), "session.audio")
+        audio_input = _object(audio.get("input"), "session.audio.input")
         if "format" in audio_input:
-            fmt = audio_input["format"] or {}
+            fmt = _object(audio_input["format"], "session.audio.input.format")
             name = fmt.get("type")
             if name not in ("audio/pcm", "audio/pcmu", "audio/pcma"):
                 raise RealtimeError(f"audio format {name!r} is not supported; use audio/pcm, "
@@ -222,7 +223,10 @@ class RealtimeFace(Face):
             if name == "audio/pcm" and "rate" in fmt:
                 new.sample_rate = _rate(fmt["rate"])
         if "transcription" in audio_input:
-            self._read_transcription(audio_input["transcription"] or {}, new)
+            transcription = audio_input["transcription"]
+            self._read_transcription(
+                _object(transcription, "session.audio.input.transcription"), new
+            )
         if "turn_detection" in audio_input:
             new.turn_detection = _turn_detection(audio_input["turn_detection"])
 
@@ -235,12 +239,15 @@ class RealtimeFace(Face):
                                     "session.input_audio_format")  # fmt: skip
             new.encoding, new.sample_rate = FORMATS[name]
         if "input_audio_transcription" in session:
-            self._read_transcription(session["input_audio_transcription"] or {}, new)
+            transcription = session["input_audio_transcription"]
+            self._read_transcription(
+                _object(transcription, "session.input_audio_transcription"), new
+            )
         if "turn_detection" in session:
             new.turn_detection = _turn_detection(session["turn_detection"])
 
     def _read_transcription(self, transcription: dict[str, Any], new: Settings) -> None:
-        model = transcription.get("model")
+        model = _string(transcription.get("model"), "transcription.model")
         if model:
             if model != self.server.model_name and model not in _aliases():
                 raise RealtimeError(f"The model '{model}' does not exist; this server serves "
@@ -248,9 +255,9 @@ class RealtimeFace(Face):
                                     "session.audio.input.transcription.model")  # fmt: skip
             new.model = model
         if "language" in transcription:
-            new.language = transcription["language"] or None
+            new.language = _string(transcription["language"], "transcription.language") or None
         if "prompt" in transcription:
-            new.prompt = transcription["prompt"] or ""
+            new.prompt = _string(transcription["prompt"], "transcription.prompt")
 
     def _append(self, audio: Any) -> None:
         if not isinstance(audio, str):
@@ -462,6 +469,24 @@ def _aliases() -> frozenset[str]:
     return ALIASES
 
 
+def _object(value: Any, param: str) -> dict[str, Any]:
+    """A nested settings object; null or absent reads as empty, anything else is refused."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RealtimeError(f"{param} must be an object, got {value!r:.60}", "invalid_value", param)
+    return value
+
+
+def _string(value: Any, param: str) -> str:
+    """A settings string; null reads as empty."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RealtimeError(f"{param} must be a string, got {value!r:.60}", "invalid_value", param)
+    return value
+
+
 def _rate(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 8_000 <= value <= 48_000:
         raise RealtimeError(f"audio/pcm rate must be an integer from 8000 to 48000 Hz (OpenAI "
@@ -479,7 +504,7 @@ def _turn_detection(value: Any) -> dict[str, Any] | None:
                             "invalid_value", "turn_detection")  # fmt: skip
     if value["type"] == "semantic_vad":
         eagerness = value.get("eagerness", "auto")
-        if eagerness not in SEMANTIC_SILENCE_MS:
+        if not isinstance(eagerness, str) or eagerness not in SEMANTIC_SILENCE_MS:
             raise RealtimeError("semantic_vad eagerness must be low, medium, high or auto",
                                 "invalid_value", "turn_detection.eagerness")  # fmt: skip
         return {"type": "semantic_vad", "eagerness": eagerness}
