@@ -1,6 +1,7 @@
 """Replays test sets through the session engine at fixed 1 s steps: WER and decodes, no sockets.
 
     python scripts/bench_replay.py [--sets long,synthetic] [--no-recheck] [--out hyps.jsonl]
+        [--decode-ms MS] [--joined] [--no-prompt-reset]
 
 Each file is fed sans-I/O to a `streaming.session.Session` in 40 ms frames (plus 1 s of
 silence), and every decode request it makes is answered at once by the default Whisper
@@ -14,6 +15,7 @@ so it isolates what a recognizer change does to accuracy; real-time behaviour is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -46,16 +48,18 @@ def manifest(folder: Path) -> list[tuple[Path, str]]:
     return items
 
 
-def replay(recognizer: Recognizer, path: Path, decode_ms: int = 0) -> tuple[str, int]:
-    """The finals' text of one file, and the number of decode requests the session made.
+def read(path: Path) -> np.ndarray:
+    samples, rate = soundfile.read(str(path), dtype="int16")
+    assert rate == 16_000, path
+    return samples if samples.ndim == 1 else samples[:, 0]
+
+
+def replay(recognizer: Recognizer, samples: np.ndarray, decode_ms: int = 0) -> tuple[str, int]:
+    """The finals' text of one session over `samples`, and the decode requests it made.
 
     `decode_ms` is how much audio arrives while one decode runs: 0 answers each request at
     once; more emulates a loaded decoder, whose requests come later and cover longer steps.
     """
-    samples, rate = soundfile.read(str(path), dtype="int16")
-    if samples.ndim > 1:
-        samples = samples[:, 0]
-    assert rate == 16_000, path
     session = Session("replay", recognizer.info)
     session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
     requests, busy_until, now = 0, 0, 0
@@ -88,10 +92,24 @@ def main() -> None:
     parser.add_argument("--decode-ms", type=int, default=0, help="audio arriving per decode")
     parser.add_argument("--files", help="only these file names, comma-separated")
     parser.add_argument("--out", type=Path, help="append each file's text here (JSON lines)")
+    parser.add_argument(
+        "--joined",
+        action="store_true",
+        help="each set as ONE session (1 s of silence between files), as a long "
+        "call or the soak runs it: previous segments' text then crosses files",
+    )
+    parser.add_argument(
+        "--no-prompt-reset",
+        action="store_true",
+        help="keep the earlier text in the prompt of a decode that looped",
+    )
     args = parser.parse_args()
     if args.no_recheck:
         whisper_module.UNCOVERED_MS = 10**9
     recognizer = load_recognizer("tiny.en")
+    if args.no_prompt_reset:
+        assert isinstance(recognizer, whisper_module.WhisperRecognizer)
+        recognizer.options = dataclasses.replace(recognizer.options, reset_prompt_on_loop=False)
     model_calls = 0
     decode_prepared = recognizer._decode_prepared  # type: ignore[attr-defined]
 
@@ -106,10 +124,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in args.sets.split(","):
         pairs, requests, model_calls, began = [], 0, 0, time.perf_counter()
-        for path, reference in manifest(SETS[name]):
-            if args.files and path.name not in args.files.split(","):
-                continue
-            text, count = replay(recognizer, path, args.decode_ms)
+        items = [(path, reference) for path, reference in manifest(SETS[name])
+                 if not args.files or path.name in args.files.split(",")]  # fmt: skip
+        if args.joined:
+            silence = np.zeros(16_000, np.int16)
+            joined = np.concatenate([x for path, _ in items for x in (read(path), silence)])
+            items = [(Path(f"{name}-joined"), " ".join(reference for _, reference in items))]
+        for path, reference in items:
+            samples = joined if args.joined else read(path)
+            text, count = replay(recognizer, samples, args.decode_ms)
             pairs.append((reference, text))
             requests += count
             if args.out:

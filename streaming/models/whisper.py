@@ -44,7 +44,10 @@ Decoding choices, from what went wrong in peers (shared/design/peer-measurements
 - greedy at temperature 0, no temperature fallback: a retry with sampling made single steps of
   whisper_streaming take 4-21 s (beam search is an option, `beam_size`);
 - a bounded number of new tokens per request, scaled to the audio after the last committed
-  word, and a repetition-loop trim when that bound is hit;
+  word, and a repetition-loop trim when that bound is hit; a decode that loops is decoded
+  again without the earlier text in its prompt (Whisper's prompt reset on a failed decode):
+  the earlier text is what pulls tiny.en into most loops ("1, 1, 2, 2" before "Add one cup"),
+  and a trimmed loop would otherwise stand for the segment's speech;
 - a 15 s encoder window (longer only for a decode window that does not fit, in 5 s steps up to
   30 s; `encoder_window`): half the 30 s encoder's cost, with the same WER;
 - a fixed low-level dither (-70 dBFS) on the segment audio: stretches of exact digital zeros
@@ -145,6 +148,9 @@ class WhisperOptions:
     previous_tokens: int = 32
     # ... and before it, the previous segments' text
     previous_segments: bool = True
+    # a decode that ends in a loop is decoded again without that earlier text (Whisper's
+    # prompt reset); off only to measure what it changes
+    reset_prompt_on_loop: bool = True
     # 1: greedy; more: beam search (slower, see BENCHMARKS.md)
     beam_size: int = 1
 
@@ -189,6 +195,7 @@ class _Prepared:
     prompt: list[int]  # previous-text part, may be empty
     prefix: list[int]  # committed text tokens inside the window
     budget: int  # new tokens allowed
+    earlier: bool  # the prompt holds earlier text (not only the client's context)
 
 
 class WhisperRecognizer(Recognizer):
@@ -236,7 +243,20 @@ class WhisperRecognizer(Recognizer):
 
     def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
         """Decodes requests, then re-checks audio their continuations leave uncovered."""
-        answers = self._decode_prepared([self._prepare(i, r) for i, r in enumerate(requests)])
+        prepared = [self._prepare(i, r) for i, r in enumerate(requests)]
+        answers, looped = self._decode_prepared(prepared)
+        # A decode that ran into a loop is decoded again without the earlier text in its prompt,
+        # as Whisper resets its prompt when a decode fails: a repetitive prompt ("1, 1, 2, 2,
+        # 3, 3") pulls tiny.en into a loop on the next speech ("Add 1 cup. 1, 1, 1, ..."), and
+        # the trimmed loop then stood for the whole segment (BENCHMARKS.md, issue 14 soak).
+        retries = [
+            self._prepare(p.index, p.request, earlier=False)
+            for p, loop in zip(prepared, looped, strict=True)
+            if loop and p.earlier and self.options.reset_prompt_on_loop
+        ]
+        for retry, again in zip(retries, self._decode_prepared(retries)[0], strict=True):
+            if len(again.words) > len(answers[retry.index].words):
+                answers[retry.index] = again
         # The speech under a stretched word (`uncovered_word`) is decoded again with the audio
         # cut right after it, where the model cannot jump ahead; a recheck that finds more words
         # there replaces the stretched stretch (`merge_recheck`).
@@ -253,7 +273,7 @@ class WhisperRecognizer(Recognizer):
                 state=answer.state,
             )  # fmt: skip
             rechecks.append(self._prepare(i, truncated))
-        for recheck, again in zip(rechecks, self._decode_prepared(rechecks), strict=True):
+        for recheck, again in zip(rechecks, self._decode_prepared(rechecks)[0], strict=True):
             i = recheck.index
             n = len(requests[i].committed)
             merged = merge_recheck(answers[i].words, again.words, n, cuts[i])
@@ -261,18 +281,21 @@ class WhisperRecognizer(Recognizer):
                 answers[i] = dataclasses.replace(answers[i], words=merged)
         return answers
 
-    def _decode_prepared(self, prepared: list[_Prepared]) -> list[Hypothesis]:
-        """Decodes in batches of equal encoder window and prompt length; answers in order."""
+    def _decode_prepared(self, prepared: list[_Prepared]) -> tuple[list[Hypothesis], list[bool]]:
+        """Decodes in batches of equal encoder window and prompt length; answers in order, and
+        whether each decode ended in a loop (trimmed)."""
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for position, p in enumerate(prepared):
             groups[(p.window, len(p.prompt))].append(position)
         answers: list[Hypothesis | None] = [None] * len(prepared)
+        looped = [False] * len(prepared)
         for positions in groups.values():
             group = [prepared[k] for k in positions]
-            for k, hypothesis in zip(positions, self._decode_group(group), strict=True):
-                answers[k] = hypothesis
+            hypotheses, loops = self._decode_group(group)
+            for k, hypothesis, loop in zip(positions, hypotheses, loops, strict=True):
+                answers[k], looped[k] = hypothesis, loop
         assert all(a is not None for a in answers)
-        return [a for a in answers if a is not None]
+        return [a for a in answers if a is not None], looped
 
     def _tokenizer(self, language: str | None) -> Tokenizer:
         if language not in self._tokenizers:
@@ -284,7 +307,7 @@ class WhisperRecognizer(Recognizer):
             )
         return self._tokenizers[language]
 
-    def _prepare(self, index: int, request: DecodeRequest) -> _Prepared:
+    def _prepare(self, index: int, request: DecodeRequest, *, earlier: bool = True) -> _Prepared:
         state = request.state if isinstance(request.state, WhisperSegmentState) else None
         state = self._move_anchor(request, state or WhisperSegmentState())
         start = state.anchor_ms * SAMPLE_RATE // 1000
@@ -304,11 +327,12 @@ class WhisperRecognizer(Recognizer):
         prompt: list[int] = []
         if context:
             prompt = tokenizer.encode(" " + context)
-        earlier = join_words(before)
-        if self.options.previous_segments:
-            earlier = f"{request.previous_text.strip()} {earlier}".strip()
-        if earlier and self.options.previous_tokens:
-            prompt += tokenizer.encode(" " + earlier)[-self.options.previous_tokens :]
+        earlier_text = join_words(before) if earlier else ""
+        if self.options.previous_segments and earlier:
+            earlier_text = f"{request.previous_text.strip()} {earlier_text}".strip()
+        with_earlier = bool(earlier_text and self.options.previous_tokens)
+        if with_earlier:
+            prompt += tokenizer.encode(" " + earlier_text)[-self.options.previous_tokens :]
         if prompt:
             prompt = [tokenizer.sot_prev, *prompt[-MAX_PROMPT_TOKENS:]]
         prefix = tokenizer.encode("".join(w.text for w in inside))
@@ -317,7 +341,9 @@ class WhisperRecognizer(Recognizer):
         budget = math.ceil(NEW_TOKENS_PER_SECOND * uncovered_s) + NEW_TOKENS_SLACK
         room = MAX_TOKENS - len(prompt) - len(prefix) - 4
         budget = max(1, min(budget, room))
-        return _Prepared(index, request, state, frames, window, features, prompt, prefix, budget)
+        return _Prepared(
+            index, request, state, frames, window, features, prompt, prefix, budget, with_earlier
+        )
 
     def _noise(self, start: int, count: int) -> np.ndarray:
         """The dither of segment samples [start, start + count), repeating every 30 s."""
@@ -345,7 +371,7 @@ class WhisperRecognizer(Recognizer):
         best = fitting[0] if fitting else candidates[-1]
         return WhisperSegmentState(state.language, committed[best].start_ms, best)
 
-    def _decode_group(self, group: list[_Prepared]) -> list[Hypothesis]:
+    def _decode_group(self, group: list[_Prepared]) -> tuple[list[Hypothesis], list[bool]]:
         features = np.ascontiguousarray(np.stack([p.features for p in group]))
         encoded = self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True)
         languages = self._languages(encoded, group)
@@ -367,12 +393,14 @@ class WhisperRecognizer(Recognizer):
             suppress_blank=False,
         )
         texts: list[list[int]] = []
+        loops: list[bool] = []
         for p, result in zip(group, results, strict=True):
             ids = [t for t in result.sequences_ids[0] if t < self._tokenizer(None).eot]
             if ids[: len(p.prefix)] != p.prefix:
                 ids = p.prefix + ids  # CTranslate2 echoes the prefix; keep it if it did not
             new = ids[len(p.prefix) :][: p.budget]
             looped = without_loop(new, p.prefix) if len(new) >= p.budget else None
+            loops.append(looped is not None)
             if looped is not None:  # more text than speech holds, ending in a loop
                 new = looped
             # scores[0] is the length-normalised log-probability of the sequence
@@ -383,7 +411,7 @@ class WhisperRecognizer(Recognizer):
             )
             texts.append(p.prefix + ([] if silent else new))
         timings = self._align(encoded, group, texts, languages)
-        return [
+        hypotheses = [
             Hypothesis(
                 words=self._words(p, tokens, times, language),
                 language=language,
@@ -391,6 +419,7 @@ class WhisperRecognizer(Recognizer):
             )
             for p, tokens, times, language in zip(group, texts, timings, languages, strict=True)
         ]
+        return hypotheses, loops
 
     def _languages(self, encoded: ctranslate2.StorageView, group: list[_Prepared]) -> list[str]:
         """The language of each request: forced, kept from earlier decodes, or detected now."""

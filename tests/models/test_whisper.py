@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import soundfile
 
 from streaming.loops import without_loop
 from streaming.models.whisper import WhisperSegmentState
@@ -154,8 +157,8 @@ def errors_in_prefix(reference: list[str], text: str) -> int:
     return min(edit_distance(reference[:n], words) for n in range(len(words) - 8, len(words) + 4))
 
 
-def open_reference(name: str) -> str:
-    rows = (DATA_DIR / "long" / "manifest.tsv").read_text().splitlines()[1:]
+def open_reference(name: str, folder: str = "long") -> str:
+    rows = (DATA_DIR / folder / "manifest.tsv").read_text().splitlines()[1:]
     return next(r.split("\t")[2] for r in rows if r.startswith(name))
 
 
@@ -272,3 +275,27 @@ def test_a_recheck_only_ever_adds_words():
     anticipated = committed + words((",", 600, 650), (" and", 650, 900), (" for", 1300, 1480))
     merged = merge_recheck(original, anticipated, 3, 1500)
     assert merged is not None and normalize(join_words(merged[3:])) == ["and", "for", "the"]
+
+
+COUNTING_TEXT = (
+    "Let us count together. 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, now backwards. 10, 9, 8, 7, 6, 5, 4, "
+    "3, 2, 1, and in pairs. 1, 1, 2, 2, 3, 3, 4, 4, that is all."
+)
+
+
+def test_a_decode_pulled_into_a_loop_by_its_prompt_is_decoded_again_without_it(
+    whisper, monkeypatch
+):
+    """Found by the soak (one session over all test speech, faster than real time): after the
+    counting file, tiny.en hears the recipe's "Add one cup of flour" as "1, 1, 1, ..." with the
+    counting text as its previous-text prompt; the loop trim then left "1," for 15 s of speech.
+    Without that prompt the same audio decodes right, so a looping decode is decoded again
+    without it (Whisper's prompt reset)."""
+    samples, rate = soundfile.read(str(DATA_DIR / "synthetic" / "recipe.flac"), dtype="float32")
+    request = DecodeRequest(audio=samples[: 10 * rate], previous_text=COUNTING_TEXT)
+    words = whisper.decode([request])[0].words
+    spoken = " ".join(open_reference("recipe.flac", "synthetic").split()[: len(words)])
+    assert len(words) >= 30 and deletions(spoken, join_words(words)) <= 2, words
+    monkeypatch.setattr(whisper, "options", replace(whisper.options, reset_prompt_on_loop=False))
+    looped = whisper.decode([request])[0].words
+    assert len(looped) <= 3, looped  # the loss itself, so that this test can fail
