@@ -248,7 +248,9 @@ class WhisperRecognizer(Recognizer):
         # A decode that ran into a loop is decoded again without the earlier text in its prompt,
         # as Whisper resets its prompt when a decode fails: a repetitive prompt ("1, 1, 2, 2,
         # 3, 3") pulls tiny.en into a loop on the next speech ("Add 1 cup. 1, 1, 1, ..."), and
-        # the trimmed loop then stood for the whole segment (BENCHMARKS.md, issue 14 soak).
+        # the trimmed loop then stood for the whole segment. The reading with more words is
+        # kept: always taking the retry cost 0.4 points where the prompt was not the cause
+        # (BENCHMARKS.md, "Prompt reset").
         retries = [
             self._prepare(p.index, p.request, earlier=False)
             for p, loop in zip(prepared, looped, strict=True)
