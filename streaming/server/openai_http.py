@@ -137,8 +137,10 @@ class OpenAiApi:
 
     async def _audio(self, request: Request, task: str) -> Response:
         try:
-            self._authorize(request)
+            # admission first, as on the WebSocket faces: a refused request must not spend a
+            # single-use grant
             self._admit()
+            self._authorize(request)
             form = await self._form(request)
             try:
                 parsed = await self._parse(form, task)

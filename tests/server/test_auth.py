@@ -231,3 +231,30 @@ async def test_a_connection_burst_beyond_the_rate_is_refused_with_1013(whisper):
         event, code = await first_event_and_close(stream)
         assert (event["code"], code) == ("rate_limited", 1013)
         assert "try again in" in event["message"]
+
+
+@pytest.mark.asyncio
+async def test_an_upload_refused_by_a_full_server_does_not_spend_a_single_use_grant():
+    from tests.streaming.fakes import ScriptedRecognizer
+    from tests.streaming.test_session import SCRIPT
+
+    async with serving(ScriptedRecognizer(SCRIPT), token="t0ken", max_sessions=1) as server:
+        assert server.grants is not None
+        grant = server.grants.issue(60, single_use=True)
+        url = f"http://127.0.0.1:{server.port}/v1/audio/transcriptions"
+        files = {"file": ("a.wav", b"RIFF....", "audio/wav")}
+        headers = {"Authorization": f"Bearer {grant}"}
+        async with httpx.AsyncClient() as client:
+            async with connect(f"ws://127.0.0.1:{server.port}/v1/stream?token=t0ken") as ws:
+                await ws.recv()  # the one session is taken
+                full = await client.post(url, headers=headers, files=files,
+                                         data={"model": "whisper-1"})  # fmt: skip
+            await settled(server)
+            later = await client.post(url, headers=headers, files=files,
+                                      data={"model": "whisper-1"})  # fmt: skip
+            spent = await client.post(url, headers=headers, files=files,
+                                      data={"model": "whisper-1"})  # fmt: skip
+    assert full.status_code == 429 and full.json()["error"]["code"] == "server_full"
+    assert later.status_code == 400  # past the key: the fake file is what it refuses
+    assert "could not decode the audio" in later.json()["error"]["message"]
+    assert spent.status_code == 401  # used once, it is gone
