@@ -23,7 +23,6 @@ finalizes open calls, then publishes their finals and the offline status.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import json
 import logging
@@ -58,7 +57,6 @@ TICK_S = 0.05  # timer resolution: reorder holds, input.end grace, idle timeouts
 HOPS = "asr-hops"  # MQTT v5 user property: how often a message was forwarded
 MAX_HOPS = 3  # views of ownership converge; more forwards than this means a loop
 MAX_PENDING_MESSAGES = 512  # messages of one call buffered while its claim is in flight
-MAX_REMEMBERED = 4096  # calls remembered as refused or ended (one warning each)
 DROPPABLE_EVENTS = (ev.TranscriptPartial, ev.AudioAck)  # QoS 0: a newer one supersedes them
 
 
@@ -198,7 +196,6 @@ class MqttBridge:
         self.ownership = Ownership(
             config.worker_id, config.group, config.takeover_after_s, config.ended_ttl_s
         )
-        self._warned: collections.OrderedDict[tuple[CallKey, str], None] = collections.OrderedDict()
         self._stop = asyncio.Event()
         self._stopping = False
         self._status_published: tuple[int, int] | None = None
@@ -338,7 +335,7 @@ class MqttBridge:
             text = (
                 f"the call ended with input.end; {message.kind} dropped (session.start restarts it)"
             )
-            self._warn_once(key, "call_ended", channel, text)
+            self.calls.warn_once(key, channel, "call_ended", text)
             return
         pending = self.ownership.pending.get(key)
         if pending is None:
@@ -350,11 +347,11 @@ class MqttBridge:
                 if peer is not None and message.hops < MAX_HOPS:
                     self._forward(peer, message)  # unshared, that worker has it already
                     return
-                self.stats.refused_calls += (key, "server_full") not in self._warned
-                self._warn_once(
+                self.stats.refused_calls += not self.calls.warned(key, "server_full")
+                self.calls.warn_once(
                     key,
-                    "server_full",
                     None,
+                    "server_full",
                     f"worker {self.worker_id} holds {self.config.calls.max_calls} calls, "
                     "its limit; this call's messages are dropped",
                 )
@@ -512,14 +509,6 @@ class MqttBridge:
         qos = 0 if isinstance(outgoing.event, DROPPABLE_EVENTS) else 1
         topic = self.topics.events(outgoing.key)
         self.link.publish(Publication(topic, qos, functools.partial(_wire, outgoing)))
-
-    def _warn_once(self, key: CallKey, code: str, channel: str | None, message: str) -> None:
-        if (key, code) in self._warned:
-            return
-        self._warned[(key, code)] = None
-        if len(self._warned) > MAX_REMEMBERED:
-            self._warned.popitem(last=False)
-        self.calls.warn(key, channel, code, message)
 
 
 def _wire(outgoing: Outgoing) -> bytes:

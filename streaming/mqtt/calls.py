@@ -49,7 +49,8 @@ from streaming.worker import ModelWorker
 log = logging.getLogger(__name__)
 
 CHANNEL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MAX_BRIDGE_STREAMS = 4096  # bridge streams of calls this worker does not hold (refused, ended)
+# bridge streams of calls this worker does not hold (refused, ended), and once-per-call warnings
+MAX_BRIDGE_STREAMS = 4096
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,6 @@ class _Call:
         self.last_activity = now
         self.end_at: float | None = None  # input.end received; applied at this time
         self.closing_reason: str | None = None  # the input has ended for good
-        self.after_end_warned: set[str | None] = set()
 
 
 class CallManager:
@@ -181,6 +181,10 @@ class CallManager:
         self.opened = 0  # calls opened since start
         self._calls: dict[CallKey, _Call] = {}
         self._streams: collections.OrderedDict[CallKey, EventStream] = collections.OrderedDict()
+        # (call, code) of the warnings given once per call, whether the call is still closing
+        # here or already gone (the bridge warns about those): one memory, so late audio that
+        # arrives across the call's removal is warned about once, not once on each side
+        self._warned: collections.OrderedDict[tuple[CallKey, str], None] = collections.OrderedDict()
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -202,6 +206,7 @@ class CallManager:
         if key in self._calls:
             return
         self._calls[key] = _Call(key, self.config.session_defaults, self.bridge_stream(key), now)
+        self._warned.pop((key, "call_ended"), None)  # a restarted call can end again
         self.opened += 1
         self._empty.clear()
         log.info("call %s opened (%d active)", key, len(self._calls))
@@ -220,6 +225,18 @@ class CallManager:
         self._streams.move_to_end(key)
         if len(self._streams) > MAX_BRIDGE_STREAMS:
             self._streams.popitem(last=False)
+
+    def warned(self, key: CallKey, code: str) -> bool:
+        return (key, code) in self._warned
+
+    def warn_once(self, key: CallKey, channel: str | None, code: str, message: str) -> None:
+        """`warn`, unless this call already got a warning of this code (bounded memory)."""
+        if (key, code) in self._warned:
+            return
+        self._warned[(key, code)] = None
+        if len(self._warned) > MAX_BRIDGE_STREAMS:
+            self._warned.popitem(last=False)
+        self.warn(key, channel, code, message)
 
     def warn(
         self, key: CallKey, channel: str | None, code: str, message: str, **extra: Any
@@ -310,9 +327,7 @@ class CallManager:
         call = self._calls[key]
         call.last_activity = now
         if call.closing_reason is not None:
-            if channel_name not in call.after_end_warned:
-                call.after_end_warned.add(channel_name)
-                self.warn(key, channel_name, "call_ended", "audio after the call ended; dropped")
+            self.warn_once(key, channel_name, "call_ended", "audio after the call ended; dropped")
             return
         try:
             packet = AudioPacket.unpack(payload)
