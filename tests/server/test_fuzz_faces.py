@@ -41,7 +41,7 @@ from streaming.invariants import check_events
 from streaming.server.service import ServerConfig, StreamingServer
 from tests.server.test_faults import settled
 from tests.streaming.fakes import ScriptedRecognizer, s16, silence, tone
-from tests.streaming.test_fuzz import DOCUMENTED_ERRORS, control, json_values
+from tests.streaming.test_fuzz import DOCUMENTED_ERRORS, control, is_json, json_values
 from tests.streaming.test_session import SCRIPT
 
 TOKEN = "fuzz-token"
@@ -122,6 +122,15 @@ def vanish(ws: ClientConnection) -> None:
     ws.close()
 
 
+def left(ws: ClientConnection, ending: str) -> bool:
+    """Ends a sequence the client's way: vanishing or closing (True), or not at all (False)."""
+    if ending == "vanish":
+        vanish(ws)
+    elif ending == "close":
+        ws.close()
+    return ending in ("vanish", "close")
+
+
 def read_all(ws: ClientConnection, *, stop: Any = None) -> tuple[list[dict[str, Any]], int | None]:
     """Messages until the server closes (or one for which `stop` is true); and the close code."""
     seen: list[dict[str, Any]] = []
@@ -134,14 +143,6 @@ def read_all(ws: ClientConnection, *, stop: Any = None) -> tuple[list[dict[str, 
         seen.append(json.loads(message))  # raises: the server sent something that is not JSON
         if stop is not None and stop(seen[-1]):
             return seen, None
-
-
-def is_json(text: str) -> bool:
-    try:
-        json.loads(text)
-    except ValueError:
-        return False
-    return True
 
 
 def url(live: ThreadedServer, path: str, query: dict[str, str] | None = None) -> str:
@@ -200,13 +201,7 @@ def test_native_protocol_over_a_socket(live, sequence, ending, with_token):
             assert [e.get("code") for e in events] == ["unauthorized"] and code == 4008
         for kind, value in sequence if with_token else []:
             send_native(ws, kind, value)
-        if not with_token:
-            pass
-        elif ending == "vanish":
-            vanish(ws)
-        elif ending == "close":
-            ws.close()
-        else:
+        if with_token and not left(ws, ending):
             send(ws, json.dumps({"type": "input.end"}))
             events, code = read_all(ws)
             assert code not in ABNORMAL_CLOSES, (code, events[-3:])
@@ -267,12 +262,7 @@ def test_deepgram_face_over_a_socket(live, query, sequence, ending):
                 send(ws, json.dumps(value))
             else:
                 send(ws, value)
-        if ending == "vanish":
-            vanish(ws)
-            after_the_client(live)
-            return
-        if ending == "close":
-            ws.close()
+        if left(ws, ending):
             after_the_client(live)
             return
         send(ws, json.dumps({"type": "CloseStream"}))
@@ -358,12 +348,7 @@ def test_realtime_face_over_a_socket(live, sequence, ending, beta):
                 send(ws, json.dumps(value))
             else:
                 send(ws, value)
-        if ending == "vanish":
-            vanish(ws)
-            after_the_client(live)
-            return
-        if ending == "close":
-            ws.close()
+        if left(ws, ending):
             after_the_client(live)
             return
         # an event no transcription session knows: its error, with our event_id, comes after
