@@ -407,7 +407,7 @@ async def test_late_audio_across_an_ended_calls_removal_is_warned_about_once(scr
     from streaming.mqtt.calls import CallKey, CallManager, CallsConfig
 
     sent: list = []
-    table = CallManager(None, scripted.info, CallsConfig(), sent.append, "w1")  # type: ignore[arg-type]
+    table = CallManager(None, scripted.info, CallsConfig(), sent.append, "w1")
     key = CallKey("acme", "late")
     table.open(key, 0.0)
     table.end(key, "input_end")
