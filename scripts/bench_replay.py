@@ -1,11 +1,12 @@
-"""Replays test sets through the session engine at fixed 1 s steps: WER and decodes, no sockets.
+"""Replays test sets through the session engine at fixed steps: WER and decodes, no sockets.
 
     python scripts/bench_replay.py [--sets long,synthetic] [--no-recheck] [--out hyps.jsonl]
-        [--decode-ms MS] [--joined] [--no-prompt-reset]
+        [--decode-ms MS] [--joined] [--no-prompt-reset] [--step-ms MS]
 
 Each file is fed sans-I/O to a `streaming.session.Session` in 40 ms frames (plus 1 s of
 silence), and every decode request it makes is answered at once by the default Whisper
-recognizer, so partial decodes happen every 1 s of audio exactly, as for one stream that keeps up.
+recognizer, so partial decodes happen every `--step-ms` (1 s) of audio exactly, as for one
+stream that keeps up.
 The result is reproducible, which real-time runs are not (their step points depend on timing),
 so it isolates what a recognizer change does to accuracy; real-time behaviour is
 `scripts/bench_stream.py`'s job. `--no-recheck` turns off the recheck of skipped speech
@@ -31,10 +32,10 @@ import streaming.models.whisper as whisper_module  # noqa: E402
 from streaming.models.loading import load_recognizer  # noqa: E402
 from streaming.recognizer import Recognizer  # noqa: E402
 from streaming.scoring import corpus_wer  # noqa: E402
-from streaming.session import Session  # noqa: E402
+from streaming.session import Limits, Session  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
-SETS = {"long": DATA / "long", "synthetic": DATA / "synthetic"}
+SETS = {"short": DATA, "long": DATA / "long", "synthetic": DATA / "synthetic"}
 FRAME = 640  # 40 ms of 16 kHz samples
 
 
@@ -54,13 +55,15 @@ def read(path: Path) -> np.ndarray:
     return samples if samples.ndim == 1 else samples[:, 0]
 
 
-def replay(recognizer: Recognizer, samples: np.ndarray, decode_ms: int = 0) -> tuple[str, int]:
+def replay(
+    recognizer: Recognizer, samples: np.ndarray, decode_ms: int = 0, step_ms: int = 1000
+) -> tuple[str, int]:
     """The finals' text of one session over `samples`, and the decode requests it made.
 
     `decode_ms` is how much audio arrives while one decode runs: 0 answers each request at
     once; more emulates a loaded decoder, whose requests come later and cover longer steps.
     """
-    session = Session("replay", recognizer.info)
+    session = Session("replay", recognizer.info, limits=Limits(step_ms=step_ms))
     session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
     requests, busy_until, now = 0, 0, 0
 
@@ -90,6 +93,7 @@ def main() -> None:
     parser.add_argument("--sets", default="long,synthetic")
     parser.add_argument("--no-recheck", action="store_true")
     parser.add_argument("--decode-ms", type=int, default=0, help="audio arriving per decode")
+    parser.add_argument("--step-ms", type=int, default=1000, help="audio between partials")
     parser.add_argument("--files", help="only these file names, comma-separated")
     parser.add_argument("--out", type=Path, help="append each file's text here (JSON lines)")
     parser.add_argument(
@@ -132,7 +136,7 @@ def main() -> None:
             items = [(Path(f"{name}-joined"), " ".join(reference for _, reference in items))]
         for path, reference in items:
             samples = joined if args.joined else read(path)
-            text, count = replay(recognizer, samples, args.decode_ms)
+            text, count = replay(recognizer, samples, args.decode_ms, args.step_ms)
             pairs.append((reference, text))
             requests += count
             if args.out:

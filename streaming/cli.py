@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--step-ms", type=int, default=1000, help="audio between partial decodes")
     serve.add_argument(
+        "--early-step-ms", type=int, default=500,
+        help="... or this much while the model has a lane to spare (default 500, at most "
+        "--step-ms)",
+    )  # fmt: skip
+    serve.add_argument(
         "--max-upload-mb", type=float, default=25.0,
         help="largest file of the HTTP transcription API (default 25, as OpenAI's)",
     )  # fmt: skip
@@ -197,7 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_sessions_per_client=args.max_sessions_per_client,
         connects_per_minute=args.connects_per_minute,
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-        limits=Limits(step_ms=args.step_ms),
+        limits=Limits(step_ms=args.step_ms, early_step_ms=min(args.early_step_ms, args.step_ms)),
         vad=VadConfig(aggressiveness=args.vad_aggressiveness),
     )
     server = StreamingServer(_load(args), config)

@@ -127,6 +127,9 @@ class ModelInfo:
     word_timestamps: bool = False
     # whether whole files can be translated into English (OfflineOptions.task)
     translates: bool = False
+    # model calls (`decode` or an offline job) it can run at once from different threads;
+    # the model worker keeps that many lanes busy (streaming/worker.py)
+    lanes: int = 1
     # extra facts for /health and logs (device, dtype, ...)
     details: dict[str, str] = field(default_factory=dict)
 

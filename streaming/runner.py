@@ -45,12 +45,17 @@ class SessionRunner:
         """Delivers pending events and starts the next decode if the session needs one."""
         for event in self.session.events_to_send():
             self.sink(event)
-        if self._decoding is None:
-            request = self.session.next_request()
-            if request is not None:
-                self._decoding = asyncio.create_task(
-                    self._decode(request), name=f"{self.session.session_id}:decode"
-                )
+        limits = self.session.limits
+        step_ms = self.worker.partial_step_ms(limits.step_ms, limits.early_step_ms)
+        request = self.session.next_request(step_ms=step_ms)
+        if request is not None:
+            if self._decoding is not None:
+                # superseded (a partial of a segment that has ended): its model call may still
+                # run, but its answer is dropped and the final queues at once
+                self._decoding.cancel()
+            self._decoding = asyncio.create_task(
+                self._decode(request), name=f"{self.session.session_id}:decode"
+            )
         if self.session.finished and self._decoding is None:
             self._finished.set()
 

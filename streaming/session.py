@@ -66,8 +66,20 @@ class Limits:
     max_buffer_ms: int = 90_000
     # backlog that triggers a `lagging` warning, ms
     lag_warning_ms: int = 5_000
-    # new segment audio between two partial decodes, ms
+    # new segment audio between two partial decodes, ms (the runner adapts it to the model's
+    # load: `ModelWorker.partial_step_ms`)
     step_ms: int = 1_000
+    # ... or this much, when the model has a lane to spare: an idle machine shows words
+    # sooner. Replayed at fixed steps, 0.5 s, 1 s and 2 s steps give the same WER within noise
+    # (BENCHMARKS.md, "Model lanes"), so the step is a matter of latency and load only.
+    early_step_ms: int = 500
+
+    def __post_init__(self) -> None:
+        if not 0 < self.early_step_ms <= self.step_ms:
+            raise ValueError(
+                f"early_step_ms must be between 1 and step_ms ({self.step_ms}), "
+                f"got {self.early_step_ms!r}"
+            )
 
     def announce(self) -> dict[str, Any]:
         """The subset clients see in session.created."""
@@ -278,21 +290,34 @@ class Session:
         self._outbox.clear()
         return out
 
-    def next_request(self) -> DecodeRequest | None:
+    def next_request(self, *, step_ms: int | None = None) -> DecodeRequest | None:
         """The decode the session needs now, if any (at most one is in flight at a time).
 
-        The caller must answer it with `complete` or `fail`.
+        A partial decode is due after `step_ms` of new segment audio (`Limits.step_ms` unless
+        the caller, who knows the model's load, says otherwise). The caller must answer the
+        request with `complete` or `fail`. A request returned while another
+        is in flight supersedes it: the earlier one (a partial of a segment that has ended since)
+        must be dropped unanswered, as its answer would be taken for the new one's.
         """
-        if self._in_flight or self.state in (State.CLOSED, State.FAILED) or not self._segments:
+        if self.state in (State.CLOSED, State.FAILED) or not self._segments:
             return None
         segment = self._segments[0]
         final = segment.end is not None
+        if self._in_flight is not None:
+            if self._in_flight[1].final or not final or segment.covered:
+                return None  # (a covered segment's final needs no decode: `complete` emits it)
+            # The segment ended while its partial decode waits or runs: that answer can no
+            # longer change anything (nothing of a partial that ran past the end is committed,
+            # see `complete`), so the final goes now instead of queueing behind it; the caller
+            # drops the partial. Otherwise a final waits up to a whole partial decode for nothing.
+            self._in_flight = None
         end = segment.end if final else self._timeline.end
         assert end is not None
         if not final:
             if not self.config.partials:
                 return None
-            if end - segment.decoded_until < _samples(self.limits.step_ms):
+            step = self.limits.step_ms if step_ms is None else step_ms
+            if end - segment.decoded_until < _samples(step):
                 return None
         request = DecodeRequest(
             audio=self._timeline.copy(segment.start, end),

@@ -5,8 +5,8 @@ webrtcvad classifies each 30 ms frame of 16 kHz audio as voiced or not. A segmen
 first of them so soft onsets are kept; it ends after `silence_ms` without a voiced frame, keeping
 `tail_ms` of the silence so word endings are not clipped. A segment that nears `max_segment_ms`
 is cut in its first pause within `CUT_SEARCH_MS` of the limit, as soon as speech resumes after
-it; one that reaches the limit without a pause is cut at the quietest recent frame. The
-next segment continues from the cut.
+it; one that reaches the limit without a pause is cut at the quietest frame of the last
+`QUIET_SEARCH_MS`. The next segment continues from the cut.
 
 Only audio inside segments ever reaches a recognizer: silence cannot turn into hallucinated text.
 All positions are sample indices at 16 kHz from the start of the stream.
@@ -24,11 +24,17 @@ from streaming.audio import SAMPLE_RATE
 
 FRAME_MS = 30  # webrtcvad accepts 10, 20 or 30 ms frames
 FRAME = SAMPLE_RATE * FRAME_MS // 1000  # 480 samples
-CUT_SEARCH_MS = 3_000  # how far back a max-length cut looks for a quiet frame
-# A pause of this many unvoiced frames within CUT_SEARCH_MS of the limit cuts the segment (in
-# the pause's middle) when speech resumes. Measured (BENCHMARKS.md, issue 10): cutting only at the
-# limit, at the quietest of the last 3 s, put the cut up to 2.3 s in the past when it was made, so
-# those finals came 1.8-2.3 s after their segment's end before any decoding had started.
+# A pause of PAUSE_FRAMES unvoiced frames within CUT_SEARCH_MS of the limit cuts the segment (in
+# the pause's middle) when speech resumes; a segment that reaches the limit without one is cut
+# at the quietest frame of the last QUIET_SEARCH_MS. Measured (BENCHMARKS.md, issue 10): cutting
+# only at the limit, at the quietest of the last 3 s, put the cut up to 2.3 s in the past when
+# it was made, so those finals came 1.8-2.3 s after their segment's end before any decoding had
+# started. Pause cuts from 3 s before the limit still left a third of the cuts of continuous
+# long-form speech to the quiet point, up to 3.0 s back (P50 0.96 s); from 5 s before it, with
+# the quiet point within 1.5 s, 17 of 18 are pause cuts and the look-back is P50 0.13 s, at most
+# 0.96 s (BENCHMARKS.md, "Model lanes").
+CUT_SEARCH_MS = 5_000
+QUIET_SEARCH_MS = 1_500
 PAUSE_FRAMES = 3  # 90 ms: a breath or a word boundary, not a syllable's closure
 
 
@@ -94,7 +100,7 @@ class Endpointer:
         )
         # (frame start, voiced, energy) of the last few seconds, for max-length cuts
         self._history: collections.deque[tuple[int, bool, float]] = collections.deque(
-            maxlen=CUT_SEARCH_MS // FRAME_MS
+            maxlen=QUIET_SEARCH_MS // FRAME_MS
         )
         self.in_speech = False
         self._segment_start = 0

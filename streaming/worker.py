@@ -1,14 +1,25 @@
-"""One recognizer shared by all sessions: batching, priorities, and a thread off the event loop.
+"""One recognizer shared by all sessions: batching, priorities, and threads off the event loop.
 
 Sessions hand their decode requests to `ModelWorker.decode` and await the answer. A single
-consumer task takes the waiting requests (finals first, then partials, oldest first), runs up
-to `max_batch` of them as one batch on a dedicated thread, and resolves the futures. The event
-loop never runs model code, so a slow decode delays answers, not the reading of audio.
+consumer task takes the waiting requests (finals first, then partials, oldest first) and runs
+them as batches on the model's *lanes*: threads that each run one model call at a time. The
+event loop never runs model code, so a slow decode delays answers, not the reading of audio.
+
+Lanes: a recognizer that can run several calls at once says so (`ModelInfo.lanes`: the Whisper
+recognizer keeps one single-threaded CTranslate2 replica per core). Measured on the 2-core
+reference machine, tiny.en: one decode of a 12 s window costs 812 ms on one replica with two
+threads and 430 ms on a single thread (a decoder step of a small model is too short to share
+between cores), and two single-thread replicas side by side finish a request every 224 ms
+(BENCHMARKS.md, "Model lanes"). A lane that frees up takes the waiting finals, up to
+`max_batch`, alone; or else the partials, as its share of those waiting (`1/lanes` of them, up to
+`max_batch`). So calls stay short, and a final waits for at most one running call, never for
+partials batched with it. With one lane (Qwen3-ASR, whose streams share lockstep batches) a
+batch takes every waiting partial up to `max_batch`.
 
 Besides decode requests the worker runs *jobs*: any other model work (one window of a whole-file
-transcription for the HTTP face) as a callable, alone on the model thread, after every waiting
-final and partial. A long file is split into jobs by its caller, so live sessions wait at most
-one job between two of their batches.
+transcription for the HTTP face) as a callable, alone on one lane, after every waiting final and
+partial. A long file is split into jobs by its caller, so live sessions wait at most one job
+between two of their batches (with one lane; with more they go on beside it).
 
 Queue policy: the queue is bounded by `max_pending`. Each session has at most one request in
 flight, so with `max_pending` >= the server's session limit a put never waits; if it ever would,
@@ -20,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +52,7 @@ Observer = Callable[[str, int, float], None]
 
 @dataclass
 class WorkerStats:
-    """Counters for /health and benchmarks."""
+    """Counters for /health and benchmarks (`busy_s` adds up the time of every lane)."""
 
     batches: int = 0
     requests: int = 0
@@ -63,6 +75,7 @@ class ModelWorker:
     ):
         self.recognizer = recognizer
         self.max_batch = max_batch
+        self.lanes = max(1, recognizer.info.lanes)
         self.stats = WorkerStats()
         self.observer = observer
         # (priority, order, a DecodeRequest or a job callable, future)
@@ -70,8 +83,9 @@ class ModelWorker:
             asyncio.PriorityQueue(max_pending)
         )
         self._order = itertools.count()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recognizer")
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="recognizer")
         self._task: asyncio.Task[None] | None = None
+        self._calls: set[asyncio.Task[None]] = set()  # model calls running, one per busy lane
 
     def start(self) -> None:
         """Starts the consumer task on the running loop."""
@@ -84,6 +98,8 @@ class ModelWorker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._calls:  # calls already on a lane finish and answer their callers
+            await asyncio.gather(*self._calls, return_exceptions=True)
         while not self._queue.empty():
             *_, future = self._queue.get_nowait()
             if not future.done():
@@ -115,52 +131,94 @@ class ModelWorker:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def busy_lanes(self) -> int:
+        """Lanes running a model call now."""
+        return len(self._calls)
+
+    @property
+    def has_spare_lane(self) -> bool:
+        """Whether one more model call could start now and still leave a lane free."""
+        return self.lanes - len(self._calls) - self._queue.qsize() >= 2
+
+    def partial_step_ms(self, step_ms: int, early_step_ms: int) -> int:
+        """How much new audio a session's next partial decode should wait for, under this load.
+
+        - `early_step_ms` while a lane is spare: the decode costs no other stream anything, and
+          the lane kept free takes a final at once (with one lane, none is ever spare);
+        - `step_ms` while nothing waits for a lane;
+        - one more `step_ms` per lane's worth of requests already waiting: partials are shed
+          before they queue up, so finals find a lane sooner and every stream keeps its share.
+          Measured (BENCHMARKS.md, "Model lanes"): the WER does not depend on the step, and
+          with four continuous streams ... .
+        """
+        if self.has_spare_lane:
+            return early_step_ms
+        return int(step_ms * (1 + self._queue.qsize() / self.lanes))
+
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        free_lanes = asyncio.Semaphore(self.lanes)
         while True:
+            await free_lanes.acquire()
             first = await self._queue.get()
             if first[0] == JOB:
-                await self._run_job(first[2], first[3])
-                continue
-            batch = [first]
-            while len(batch) < self.max_batch and not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item[0] == JOB:  # jobs run alone; it goes back to wait its turn
-                    self._queue.put_nowait(item)
-                    break
-                batch.append(item)
-            live = [item for item in batch if not item[3].done()]  # cancelled: session gone
-            if not live:
-                continue
-            requests = [item[2] for item in live]
-            started = time.perf_counter()
-            answers: list[Hypothesis | Exception]
-            try:
-                answers = list(await loop.run_in_executor(self._executor, self._decode, requests))
-            except Exception:  # the batch failed: retry one by one so only the culprit fails
-                log.exception("batch of %d failed; retrying requests one by one", len(requests))
-                answers = []
-                for request in requests:
-                    try:
-                        answers.extend(
-                            await loop.run_in_executor(self._executor, self._decode, [request])
-                        )
-                    except Exception as exc:
-                        log.exception("decode failed")
-                        self.stats.failures += 1
-                        answers.append(ModelError(f"the recognizer failed: {exc}"))
-            elapsed = time.perf_counter() - started
-            self._count(requests, elapsed)
-            if self.observer is not None:
-                kind = "final" if any(r.final for r in requests) else "partial"
-                self.observer(kind, len(requests), elapsed)
-            for (_, _, _, future), answer in zip(live, answers, strict=True):
-                if future.done():
+                call = self._run_job(first[2], first[3])
+            else:
+                batch = [first]
+                # Finals go alone (with other finals): a partial riding along would hold up a
+                # user waiting on the final (measured: a final in a batch of four partials took
+                # 2.2 s instead of 0.6). Partials go as one lane's share of those waiting, so
+                # that the calls stay short and a final never waits long for a free lane.
+                limit = self.max_batch
+                if first[0] == PARTIAL:
+                    limit = min(limit, math.ceil((1 + self._queue.qsize()) / self.lanes))
+                while len(batch) < limit and not self._queue.empty():
+                    item = self._queue.get_nowait()
+                    if item[0] != first[0]:  # another kind: back to wait for its own call
+                        self._queue.put_nowait(item)
+                        break
+                    batch.append(item)
+                live = [item for item in batch if not item[3].done()]  # cancelled: session gone
+                if not live:
+                    free_lanes.release()
                     continue
-                if isinstance(answer, Exception):
-                    future.set_exception(answer)
-                else:
-                    future.set_result(answer)
+                call = self._run_batch(live)
+            task = asyncio.create_task(call, name="model-call")
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+            task.add_done_callback(lambda _: free_lanes.release())
+
+    async def _run_batch(self, live: list[tuple[int, int, Any, asyncio.Future[Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        requests = [item[2] for item in live]
+        started = time.perf_counter()
+        answers: list[Hypothesis | Exception]
+        try:
+            answers = list(await loop.run_in_executor(self._executor, self._decode, requests))
+        except Exception:  # the batch failed: retry one by one so only the culprit fails
+            log.exception("batch of %d failed; retrying requests one by one", len(requests))
+            answers = []
+            for request in requests:
+                try:
+                    answers.extend(
+                        await loop.run_in_executor(self._executor, self._decode, [request])
+                    )
+                except Exception as exc:
+                    log.exception("decode failed")
+                    self.stats.failures += 1
+                    answers.append(ModelError(f"the recognizer failed: {exc}"))
+        elapsed = time.perf_counter() - started
+        self._count(requests, elapsed)
+        if self.observer is not None:
+            kind = "final" if any(r.final for r in requests) else "partial"
+            self.observer(kind, len(requests), elapsed)
+        for (_, _, _, future), answer in zip(live, answers, strict=True):
+            if future.done():
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
 
     async def _run_job(self, job: Callable[[], Any], future: asyncio.Future[Any]) -> None:
         if future.done():  # the caller is gone

@@ -46,7 +46,11 @@ class AlignedRecognizer(Recognizer):
         self.recognizer = recognizer
         self.aligner = aligner
         details = {**recognizer.info.details, "aligner": aligner.name}
-        self.info = dataclasses.replace(recognizer.info, word_timestamps=True, details=details)
+        # one lane: the aligner's torch calls use every core, and a second call beside one
+        # would only make both slower
+        self.info = dataclasses.replace(
+            recognizer.info, word_timestamps=True, details=details, lanes=1
+        )
         self.align_seconds = 0.0
 
     @property

@@ -115,6 +115,7 @@ def load_recognizer(
     model: str,
     *,
     threads: int = 2,
+    lanes: int | None = None,
     device: str = "cpu",
     dtype: str | None = None,
     window_s: int | None = None,
@@ -126,6 +127,7 @@ def load_recognizer(
     Args:
         model: tiny.en, base, a local directory, or a Hugging Face repository name.
         threads: model threads.
+        lanes: Whisper only: model calls run at once (`WhisperOptions.lanes`).
         device: "cpu" or "cuda".
         dtype: Qwen3-ASR only: "float32", "bfloat16" or "int8" (default: int8 on the CPU,
             bfloat16 on a GPU).
@@ -136,7 +138,7 @@ def load_recognizer(
     Raises:
         ModelNotFoundError: the model is not on this machine (or not usable), with what to do.
     """
-    options = WhisperOptions(threads=threads, device=device, beam_size=beam_size)
+    options = WhisperOptions(threads=threads, lanes=lanes, device=device, beam_size=beam_size)
     if model == "tiny.en":
         return WhisperRecognizer(whisper_tiny_en_dir(), "whisper-tiny.en", options)
     if model == "base":
@@ -148,6 +150,11 @@ def load_recognizer(
         if (path / "model.bin").is_file():
             return WhisperRecognizer(path, f"whisper:{path.name}", options)
         if is_qwen_checkpoint(path):
+            if lanes not in (None, 1):
+                raise ValueError(
+                    "Qwen3-ASR runs one model call at a time (its streams share a batch "
+                    "instead): --lanes applies to Whisper models only"
+                )
             name = model if _HUB_NAME.match(model) and not Path(model).exists() else None
             return _qwen_recognizer(path, name, threads, device, dtype, window_s, batch)
         raise ModelNotFoundError(

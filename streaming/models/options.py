@@ -25,6 +25,12 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
         "repository name already in the local Hugging Face cache",
     )
     parser.add_argument("--threads", type=int, default=2, help="model threads (default 2)")
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        help="Whisper only: model calls run at once, each on its own replica with "
+        "threads/lanes threads (default: one lane per thread on the cpu, 1 on cuda)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--dtype",
@@ -74,6 +80,7 @@ def load_from_arguments(args: argparse.Namespace) -> Recognizer:
     recognizer = load_recognizer(
         args.model,
         threads=args.threads,
+        lanes=getattr(args, "lanes", None),
         device=args.device,
         dtype=args.dtype,
         window_s=args.window_s,

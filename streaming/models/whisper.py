@@ -48,8 +48,8 @@ Decoding choices, from what went wrong in peers (shared/design/peer-measurements
   again without the earlier text in its prompt (Whisper's prompt reset on a failed decode):
   the earlier text is what pulls tiny.en into most loops ("1, 1, 2, 2" before "Add one cup"),
   and a trimmed loop would otherwise stand for the segment's speech;
-- a 15 s encoder window (longer only for a decode window that does not fit, in 5 s steps up to
-  30 s; `encoder_window`): half the 30 s encoder's cost, with the same WER;
+- an encoder input of the decode window's audio plus at least 3 s of padding, in 5 s steps
+  from 15 s to 30 s (`encoder_window`): half the 30 s encoder's cost, with the same WER;
 - a fixed low-level dither (-70 dBFS) on the segment audio: stretches of exact digital zeros
   (a browser stream's first moments, noise-gated microphones) made tiny.en drop the first word
   of an utterance in 2-3 s decodes ("And Mr. John ..." -> "Mr. John ..."), which LocalAgreement
@@ -89,7 +89,8 @@ from streaming.recognizer import (
 SAMPLE_RATE = 16_000  # Hz
 HOP = 160  # samples per mel frame: 10 ms
 FULL_WINDOW_FRAMES = 3000  # Whisper's 30 s input
-ENCODER_STEP_FRAMES = 500  # longer decode windows grow the encoder input in 5 s steps
+ENCODER_STEP_FRAMES = 500  # the encoder input grows in 5 s steps
+ENCODER_MARGIN_FRAMES = 300  # ... and holds at least 3 s of padding after the window's audio
 MS_PER_ALIGNMENT_STEP = 20  # encoder frames are 2 mel frames
 MAX_TOKENS = 448  # Whisper's text context, prompt included
 MAX_PROMPT_TOKENS = MAX_TOKENS // 2 - 1  # Whisper's own cap for previous-text prompts
@@ -109,18 +110,24 @@ CLAUSE_MARKS = frozenset(",.;:?!")
 LIVE_EDGE_MS = 100
 
 
-def encoder_window(frames: int, window_s: float) -> int:
+def encoder_window(frames: int, shortest_s: float = 15.0) -> int:
     """Mel frames the encoder sees for a decode window of `frames` (10 ms each).
 
-    `window_s` when the audio fits, else the next multiple of 5 s up to Whisper's 30 s: the
-    encoder's cost grows with its input, and a window that outgrows the short one (nothing
-    committed yet to move the anchor to, a final after a lagging partial) should cost what its
-    audio needs, not a whole 30 s pass. Measured under load: with only 10 s and 30 s, two
-    streams' late finals fed each other through 30 s passes (BENCHMARKS.md, issue 10).
+    The window's audio plus at least `ENCODER_MARGIN_FRAMES` of padding, rounded up to 5 s,
+    never under `shortest_s` nor over Whisper's 30 s. The encoder's cost grows with its input;
+    Whisper was trained on 30 s inputs whose speech ends before the input does. 15 s inputs
+    give the 30 s input's WER at half its cost. Shorter ones do not (BENCHMARKS.md, "Model
+    lanes"): 5 s inputs made the short clips 26 % WER (8 % with 15 s); 10 s inputs for young
+    segments replayed at 1 s steps as accurately as 15 s, a fifth cheaper, but served with
+    0.5 s steps tiny.en repeated a fully committed clip after its prefix ("4. Queen of Cloves
+    4. Queen of Cloves ..."), which 15 s inputs never did. Longer windows (nothing committed
+    yet to move the anchor to, a final after a lagging partial) grow the input in 5 s steps
+    instead of jumping to 30 s: with only 10 s and 30 s, two streams' late finals fed each
+    other through 30 s passes (issue 10).
     """
-    if frames <= window_s * 100:
-        return int(window_s * 100)
-    return min(math.ceil(frames / ENCODER_STEP_FRAMES) * ENCODER_STEP_FRAMES, FULL_WINDOW_FRAMES)
+    needed = frames + ENCODER_MARGIN_FRAMES
+    steps = math.ceil(needed / ENCODER_STEP_FRAMES) * ENCODER_STEP_FRAMES
+    return min(max(int(shortest_s * 100), steps), FULL_WINDOW_FRAMES)
 
 
 @dataclass(frozen=True)
@@ -131,9 +138,15 @@ class WhisperOptions:
     compute_type: str = "int8"
     # "cpu" or "cuda"
     device: str = "cpu"
-    # threads inside one decode (2 = both cores of the reference machine)
+    # CPU threads in all (2 = both cores of the reference machine)
     threads: int = 2
-    # encoder window for decode windows that fit it, seconds (longer: `encoder_window`)
+    # model calls that run at once, each on its own CTranslate2 replica with threads // lanes
+    # threads; None: one lane per thread on the CPU, one on a GPU. Measured on the 2-core
+    # machine (BENCHMARKS.md, "Model lanes"): a decode of a 12 s window takes 812 ms with two
+    # threads and 430 ms with one (a tiny model's decoder step is too short to split between
+    # cores), and two one-thread lanes side by side finish one every 224 ms
+    lanes: int | None = None
+    # the shortest encoder input, seconds (`encoder_window`)
     window_s: float = 15.0
     # the decode window's audio never exceeds this while committed words allow a move, seconds
     max_window_s: float = 12.0
@@ -142,7 +155,11 @@ class WhisperOptions:
     # of decoding, 10/8/6 s 265 in 215 s, 15/8/6 s 267 in 254 s, 10/9/7 s 287 in 224 s. Same
     # accuracy within noise there, but served in real time the short window inserted repeated
     # phrases on the Ecclesiastes reading (10-13 % WER against 2.5 %, three runs): 12/9 s stays
-    # until the shorter window is fixed, at a third more decode time.
+    # until the shorter window is fixed, at a third more decode time. Anchoring in the longest
+    # pause near that point instead of at a word's start replayed 1.5 points better on the
+    # synthetic set, with 10/7 s windows as good as 12/9 s, but it moved the captured Gettysburg
+    # step's window so that the skipped "by the people" hid under no clause mark and the recheck
+    # (`uncovered_word`) missed it: not shipped (BENCHMARKS.md, "Pause anchors").
     keep_window_s: float = 9.0
     # committed text before the anchor handed to the decoder as previous-text prompt, tokens
     previous_tokens: int = 32
@@ -154,15 +171,30 @@ class WhisperOptions:
     # 1: greedy; more: beam search (slower, see BENCHMARKS.md)
     beam_size: int = 1
 
+    @property
+    def parallel_calls(self) -> int:
+        """The lanes in effect (`lanes`, or its default for the device)."""
+        if self.lanes is not None:
+            return self.lanes
+        return self.threads if self.device == "cpu" else 1
+
     def __post_init__(self) -> None:
         if not 10.0 <= self.window_s <= 30.0:
             raise ValueError(f"window_s must be between 10 and 30 seconds, got {self.window_s!r}")
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads!r}")
-        if not 2.0 <= self.keep_window_s < self.max_window_s <= self.window_s - 1.0:
+        if self.lanes is not None and self.lanes < 1:
+            raise ValueError(f"lanes must be at least 1, got {self.lanes!r}")
+        if self.device == "cpu" and self.lanes is not None and self.lanes > self.threads:
             raise ValueError(
-                "expected 2 <= keep_window_s < max_window_s <= window_s - 1, got "
-                f"{self.keep_window_s!r}, {self.max_window_s!r}, {self.window_s!r}"
+                f"lanes ({self.lanes}) cannot exceed threads ({self.threads}) on the cpu: "
+                "each lane needs a thread of its own"
+            )
+        longest = 30.0 - ENCODER_MARGIN_FRAMES / 100
+        if not 2.0 <= self.keep_window_s < self.max_window_s <= longest:
+            raise ValueError(
+                f"expected 2 <= keep_window_s < max_window_s <= {longest:g}, got "
+                f"{self.keep_window_s!r}, {self.max_window_s!r}"
             )
         if not 0 <= self.previous_tokens <= MAX_PROMPT_TOKENS:
             raise ValueError(f"previous_tokens must be 0..{MAX_PROMPT_TOKENS}")
@@ -211,8 +243,8 @@ class WhisperRecognizer(Recognizer):
             str(model_dir),
             device=self.options.device,
             compute_type=self.options.compute_type,
-            cpu_threads=self.options.threads,
-            num_workers=1,
+            cpu_threads=max(1, self.options.threads // self.options.parallel_calls),
+            num_workers=self.options.parallel_calls,
         )
         self.model: ctranslate2.models.Whisper = self._pipeline.model
         self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -231,11 +263,13 @@ class WhisperRecognizer(Recognizer):
             max_segment_s=30.0,
             word_timestamps=True,
             translates=self.model.is_multilingual,
+            lanes=self.options.parallel_calls,
             details={
                 "engine": "ctranslate2",
                 "compute_type": self.options.compute_type,
                 "device": self.options.device,
                 "beam_size": str(self.options.beam_size),
+                "lanes": str(self.options.parallel_calls),
             },
         )
 

@@ -63,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--max-batch", type=int, default=8, help="decodes batched per model call")
     model.add_argument("--step-ms", type=int, default=1000, help="audio between partial decodes")
     model.add_argument(
+        "--early-step-ms", type=int, default=500,
+        help="... or this much while the model has a lane to spare (default 500, at most "
+        "--step-ms)",
+    )  # fmt: skip
+    model.add_argument(
         "--vad-aggressiveness", type=int, default=2, choices=range(4), help="webrtcvad 0-3"
     )
 
@@ -104,7 +109,9 @@ def run(args: argparse.Namespace) -> int:
                 max_calls=args.max_calls,
                 max_channels=args.max_channels,
                 idle_timeout_s=args.idle_timeout,
-                limits=Limits(step_ms=args.step_ms),
+                limits=Limits(
+                    step_ms=args.step_ms, early_step_ms=min(args.early_step_ms, args.step_ms)
+                ),
                 vad=VadConfig(aggressiveness=args.vad_aggressiveness),
             ),
         )

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from streaming import events as ev
@@ -177,9 +178,10 @@ class FaceConnection:
             self._done.set()
 
 
-def client_address(websocket: WebSocket) -> str:
-    """The client's address (uvicorn takes it from X-Forwarded-For behind a local proxy)."""
-    return websocket.client.host if websocket.client else ""
+def client_address(connection: HTTPConnection) -> str:
+    """The client's address of a WebSocket or an HTTP request (uvicorn takes it from
+    X-Forwarded-For behind a local proxy)."""
+    return connection.client.host if connection.client else ""
 
 
 async def refuse(websocket: WebSocket, message: str, code: int, reason: str) -> None:

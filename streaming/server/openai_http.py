@@ -38,6 +38,7 @@ from streaming.errors import ConfigError, ModelError
 from streaming.languages import language_name
 from streaming.offline import read_audio, transcribe_file
 from streaming.recognizer import OfflineOptions, OfflineSegment
+from streaming.server.connection import client_address
 
 if TYPE_CHECKING:
     from streaming.server.service import StreamingServer
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 ALIASES = frozenset({"default", "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"})
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = frozenset({"word", "segment"})
-RETRY_AFTER_S = 1
 TAIL_BYTES = 4_096  # an epilogue after the closing boundary (RFC 2046) longer than this is refused
 
 
@@ -139,7 +139,8 @@ class OpenAiApi:
         try:
             # admission first, as on the WebSocket faces: a refused request must not spend a
             # single-use grant
-            self._admit()
+            client = client_address(request)
+            self._admit(client)
             self._authorize(request)
             form = await self._form(request)
             try:
@@ -149,10 +150,10 @@ class OpenAiApi:
         except ApiError as error:
             return error.response()
         if parsed.stream:
-            return StreamingResponse(self._events(parsed), media_type="text/event-stream",
+            return StreamingResponse(self._events(parsed, client), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-store"})  # fmt: skip
         try:
-            async with self.server.http_session():
+            async with self.server.http_session(client):
                 segments = [s async for s in self._segments(parsed)]
         except ApiError as error:
             return error.response()
@@ -162,16 +163,16 @@ class OpenAiApi:
         if not self.server.authorized(request.headers, request.query_params):
             raise ApiError(401, "Incorrect API key provided", code="invalid_api_key")
 
-    def _admit(self) -> None:
+    def _admit(self, client: str) -> None:
+        """The WebSocket faces' admission rules (server full, per-client sessions and rate)."""
         if self.server.stopping:
             raise ApiError(503, "the server is shutting down", kind="server_error",
                            code="server_shutting_down")  # fmt: skip
-        if self.server.active_sessions >= self.server.config.max_sessions:
-            raise ApiError(
-                429, f"the server is full ({self.server.config.max_sessions} sessions); "
-                "try again later", kind="rate_limit_error", code="server_full",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )  # fmt: skip
+        refusal = self.server.admission_refusal(client)
+        if refusal is not None:
+            retry = self.server.retry_after_s(client) if refusal.code == "rate_limited" else 1
+            raise ApiError(429, refusal.message, kind="rate_limit_error", code=refusal.code,
+                           headers={"Retry-After": str(retry)})  # fmt: skip
 
     def _check_model(self, model: str) -> None:
         if model != self.server.model_name and model not in ALIASES:
@@ -303,11 +304,11 @@ class OpenAiApi:
             assert isinstance(piece, OfflineSegment)
             yield piece
 
-    async def _events(self, parsed: AudioRequest) -> AsyncIterator[bytes]:
+    async def _events(self, parsed: AudioRequest, client: str) -> AsyncIterator[bytes]:
         """Server-sent events: a delta per segment as it is decoded, then the whole text."""
         texts: list[str] = []
         try:
-            async with self.server.http_session():
+            async with self.server.http_session(client):
                 async for segment in self._segments(parsed):
                     if not segment.text:
                         continue

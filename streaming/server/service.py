@@ -155,7 +155,7 @@ class StreamingServer:
         )
         self.metrics.queue_depth.set_function(lambda: self.worker.pending)
         self._connections: set[FaceConnection] = set()
-        self._per_client: dict[str, int] = {}  # open WebSocket sessions by client address
+        self._per_client: dict[str, int] = {}  # open sessions by client address, all faces
         self.grants = Grants(self.config.token) if self.config.token is not None else None
         rate = self.config.connects_per_minute
         self.connection_rate = (
@@ -361,6 +361,18 @@ class StreamingServer:
             )  # fmt: skip
             error.close_code = CloseCode.FORBIDDEN_ORIGIN
             return error
+        refused = self.admission_refusal(client)
+        if refused is not None:
+            return refused
+        if not self.authorized(headers, query):
+            error = StreamingError("missing or wrong token", code="unauthorized", fatal=True)
+            error.close_code = CloseCode.UNAUTHORIZED
+            return error
+        return None
+
+    def admission_refusal(self, client: str) -> CapacityError | None:
+        """Why `client` cannot start one more session of any face now (HTTP ones included):
+        the server full, this client's sessions, or this client's rate of new sessions."""
         if self.active_sessions >= self.config.max_sessions:
             return CapacityError(
                 f"the server is full ({self.config.max_sessions} sessions); try again later"
@@ -377,11 +389,13 @@ class StreamingServer:
                 f"minute); try again in {self.connection_rate.retry_after_s(client)} s",
                 code="rate_limited",
             )
-        if not self.authorized(headers, query):
-            error = StreamingError("missing or wrong token", code="unauthorized", fatal=True)
-            error.close_code = CloseCode.UNAUTHORIZED
-            return error
         return None
+
+    def retry_after_s(self, client: str) -> int:
+        """When `client` may try again after a refusal (its rate bucket's refill, or 1 s)."""
+        if self.connection_rate is None:
+            return 1
+        return max(1, self.connection_rate.retry_after_s(client))
 
     def authorized(self, headers: Mapping[str, str], query: Mapping[str, str]) -> bool:
         """Whether the request carries the server token or a valid grant (always, if no token)."""
@@ -439,9 +453,10 @@ class StreamingServer:
             log.info("session %s closed", session_id, extra={"session": session_id})
 
     @contextlib.asynccontextmanager
-    async def http_session(self) -> Any:
-        """Counts an HTTP transcription as a session while it runs."""
+    async def http_session(self, client: str) -> Any:
+        """Counts an HTTP transcription as a session of `client` while it runs."""
         self._http_sessions += 1
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         self._no_sessions.clear()
         self.metrics.sessions.labels("http").inc()
         self.metrics.sessions_active.labels("http").inc()
@@ -449,6 +464,9 @@ class StreamingServer:
             yield
         finally:
             self._http_sessions -= 1
+            self._per_client[client] -= 1
+            if not self._per_client[client]:
+                del self._per_client[client]
             self.metrics.sessions_active.labels("http").dec()
             self._session_ended()
 

@@ -119,8 +119,7 @@ def test_the_decode_window_moves_at_committed_words_and_keeps_its_size(whisper) 
     verbatim.
     """
     options = whisper.options
-    window_frames = int(options.window_s * 100)  # 10 ms mel frames
-    most_frames = int((options.max_window_s + 1) * 100)
+    most_frames = int((options.max_window_s + 1) * 100)  # 10 ms mel frames
     audio = long_form("gettysburg.wav", 40.0)
     committed: tuple[Word, ...] = ()
     state = None
@@ -128,7 +127,7 @@ def test_the_decode_window_moves_at_committed_words_and_keeps_its_size(whisper) 
     for end_s in range(1, 41):
         request = DecodeRequest(audio=audio[: end_s * 16_000], committed=committed, state=state)
         prepared = whisper._prepare(0, request)
-        assert prepared.window == window_frames and prepared.frames <= most_frames
+        assert prepared.window == 1500 and prepared.frames <= most_frames
         hypothesis = whisper.decode([request])[0]
         assert hypothesis.words[: len(committed)] == committed
         state = hypothesis.state
@@ -186,13 +185,13 @@ def test_offline_transcription_is_faster_whispers_own_pipeline(whisper, capsys):
     assert len(" ".join(expected).split()) > 60  # all five sentences
 
 
-def test_a_window_that_outgrows_the_short_encoder_pass_grows_in_5_s_steps(whisper) -> None:
-    """Nothing committed yet, 17 s of speech: a 20 s encoder pass, not a whole 30 s one."""
+def test_the_encoder_input_holds_the_window_and_3_s_of_padding_in_5_s_steps(whisper) -> None:
+    """Nothing committed yet, 17 s of speech: a 20 s encoder pass, not a whole 30 s one; a
+    young segment's few seconds take the 15 s floor."""
     from streaming.models.whisper import encoder_window
 
-    assert encoder_window(900, 15.0) == 1500
-    assert [encoder_window(f, 15.0) for f in (1501, 2000, 2001, 2999, 3000)] == [
-        2000, 2000, 2500, 3000, 3000,
+    assert [encoder_window(f) for f in (100, 1200, 1201, 1700, 2200, 2201, 3000)] == [
+        1500, 1500, 2000, 2000, 2500, 3000, 3000,
     ]  # fmt: skip
     audio = long_form("gettysburg.wav", 17.0)
     prepared = whisper._prepare(0, DecodeRequest(audio=audio))

@@ -258,3 +258,29 @@ async def test_an_upload_refused_by_a_full_server_does_not_spend_a_single_use_gr
     assert later.status_code == 400  # past the key: the fake file is what it refuses
     assert "could not decode the audio" in later.json()["error"]["message"]
     assert spent.status_code == 401  # used once, it is gone
+
+
+@pytest.mark.asyncio
+async def test_uploads_count_against_the_clients_rate_and_its_sessions():
+    """The HTTP face keeps the WebSocket faces' per-client rules: a WebSocket session and an
+    upload from one address share its session cap, and uploads spend its connection rate."""
+    from tests.streaming.fakes import ScriptedRecognizer
+    from tests.streaming.test_session import SCRIPT
+
+    form = {"model": "whisper-1"}
+    files = {"file": ("a.wav", b"RIFF....", "audio/wav")}
+    async with serving(ScriptedRecognizer(SCRIPT), max_sessions_per_client=1,
+                       connects_per_minute=3) as server:  # fmt: skip
+        url = f"http://127.0.0.1:{server.port}/v1/audio/transcriptions"
+        async with httpx.AsyncClient() as client:
+            async with connect(f"ws://127.0.0.1:{server.port}/v1/stream") as ws:
+                await ws.recv()  # this address holds its one session (and spent 1 of 3)
+                held = await client.post(url, files=files, data=form)
+            await settled(server)
+            answers = [await client.post(url, files=files, data=form) for _ in range(3)]
+    assert held.status_code == 429 and held.json()["error"]["code"] == "client_limit"
+    # a burst of 3: the WebSocket spent one, the upload refused by the cap none, two uploads
+    # get past the limiter (to be refused for their fake file), the third is one too many
+    assert [a.status_code for a in answers] == [400, 400, 429]
+    assert answers[2].json()["error"]["code"] == "rate_limited"
+    assert int(answers[2].headers["retry-after"]) >= 1

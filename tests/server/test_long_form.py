@@ -5,13 +5,14 @@ sentences in one segment, segments cut at the 30 s limit) stream two at a time, 
 the service on its default model. No file may lose 10 or more words beyond what faster-whisper's
 offline pipeline on the same model loses (a recognizer that silently drops continuations loses
 10-40), nor more than 3 words beyond it at all (a phrase skipped on a repeat costs 3-4), and the
-pooled WER must stay within 3 points of offline.
+pooled WER must stay within 2 points of offline.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import ctranslate2
 import numpy as np
 import pytest
 import soundfile
@@ -42,6 +43,7 @@ def long_form() -> list[tuple[str, np.ndarray, str]]:
 
 async def test_long_form_speech_streamed_in_real_time_keeps_its_words(whisper):
     recordings = long_form()
+    ctranslate2.set_random_seed(0)  # the pipeline's temperature fallback samples: the same draw
     offline = {
         name: " ".join(
             s.text
@@ -82,11 +84,12 @@ async def test_long_form_speech_streamed_in_real_time_keeps_its_words(whisper):
     # A dropped continuation deletes 10-40 words of a file (35 of 119 before issue 10): never.
     for name, (lost, lost_offline) in streamed.items():
         assert lost < lost_offline + 10, (name, lost, lost_offline, texts[name])
-    # A coarse guard on everything else: the old code was 15 points worse. Measured: 10.5 %
-    # against 9.1 % (two real-time runs, BENCHMARKS.md, issue 10), but austen_joined alone is
-    # 5.6 points behind its offline WER (one phrase), so the issue's per-file bound is not met.
+    # Everything else, pooled: the old code was 15 points worse. Measured 10.4 % against 9.6 %
+    # (BENCHMARKS.md, "Model lanes"). Per file the bound is on lost words (below), not on WER:
+    # austen_joined is 5.6 points behind its offline WER on one greedy choice that is no lost
+    # word ("ill-disposed" heard twice as "old-sposed", also when streamed alone).
     pooled, pooled_offline = corpus_wer(reference_pairs).wer, corpus_wer(offline_pairs).wer
-    assert pooled <= pooled_offline + 0.03, (pooled, pooled_offline, streamed, texts)
+    assert pooled <= pooled_offline + 0.02, (pooled, pooled_offline, streamed, texts)
     # No word lost at all: at most 3 deletions beyond offline per file ("can not" scored against
     # "cannot" costs one). Before the recheck of skipped speech, gettysburg's closing "of the
     # people, by the people, for the people" lost "by the people" here (10 against 6).

@@ -352,7 +352,7 @@ def test_a_length_cut_never_leaves_committed_words_outside_their_segment():
     text, which is then its final without another decode; the next segment starts there.
     """
     script = [(f" w{i}", 300 * i) for i in range(1, 40)]
-    dip = np.concatenate([tone(1.5), 0.02 * tone(0.09), tone(8.0)])  # the quietest point: 1.5 s
+    dip = np.concatenate([tone(2.5), 0.02 * tone(0.09), tone(8.0)])  # the quietest point: 2.5 s
     d = make(script, config=SessionConfig(word_timestamps=True))
     d.send({"type": "session.start", "word_timestamps": True, "endpointing": {"max_segment_s": 4}})
     d.audio(np.concatenate([silence(0.3), dip, silence(1.2)]))
@@ -361,7 +361,7 @@ def test_a_length_cut_never_leaves_committed_words_outside_their_segment():
     finals = d.of("transcript.final")
     first = finals[0]
     assert first["reason"] == "max_length" and first["words"]
-    assert first["end_ms"] == first["words"][-1]["end_ms"]  # cut at the committed end, not 1.5 s
+    assert first["end_ms"] == first["words"][-1]["end_ms"]  # cut at the committed end, not 2.5 s
     assert first["end_ms"] - first["start_ms"] > 2_000
     assert finals[1]["start_ms"] == first["end_ms"]
     decodes_of_first = [r for r in d.recognizer.requests if r.final and r.committed]
@@ -404,3 +404,40 @@ def test_a_partial_answered_after_its_segment_ended_commits_nothing():
     assert not [p for p in d.of("transcript.partial") if p["committed"]]
     final_request = d.session.next_request()
     assert final_request is not None and final_request.final and final_request.committed == ()
+
+
+def test_a_final_does_not_wait_for_the_partial_of_its_ended_segment():
+    """The segment ends while its partial decode is still out: the final is due at once, and
+    the partial is superseded (its answer could not change anything any more)."""
+    recognizer = ScriptedRecognizer(SCRIPT)
+    d = Driver(Session("s1", recognizer.info), recognizer, answer=False)
+    d.audio(np.concatenate([silence(0.5), tone(2.4)]))
+    partial = d.session.next_request()
+    assert partial is not None and not partial.final
+    assert d.session.next_request() is None  # one at a time while the segment goes on
+    d.audio(silence(1.2))  # the endpoint arrives while the partial is out
+    final = d.session.next_request()
+    assert final is not None and final.final
+    assert d.session.next_request() is None  # nothing supersedes a final
+    d.session.complete(recognizer.decode([final])[0])
+    d.pump()
+    assert [f["text"] for f in d.of("transcript.final")] == ["Go forward ten meters."]
+    assert check_events(d.log) == []
+
+
+def test_partials_come_at_the_step_the_caller_asks_for():
+    recognizer = ScriptedRecognizer(SCRIPT)
+    d = Driver(Session("s1", recognizer.info), recognizer, answer=False)
+    d.audio(np.concatenate([silence(0.5), tone(0.45)]))  # with the pre-roll, under 1 s so far
+    assert d.session.next_request() is None  # Limits.step_ms: 1 s
+    early = d.session.next_request(step_ms=500)
+    assert early is not None and not early.final and 500 <= early.duration_ms < 1000
+    d.session.complete(recognizer.decode([early])[0])
+    d.audio(tone(1.2))
+    assert d.session.next_request(step_ms=2000) is None  # a loaded model: not yet
+    assert d.session.next_request() is not None
+
+
+def test_the_early_step_cannot_exceed_the_step():
+    with pytest.raises(ValueError, match="early_step_ms"):
+        Limits(step_ms=500, early_step_ms=1000)
