@@ -13,6 +13,11 @@
   accumulation and output); the KV cache in bf16; embeddings, norms, convolutions, the
   encoder's conv_out and all other activations stay fp32.
 
+On a CUDA device with `batch_invariant` (the default), the float modes run the decoder's
+Linears and RMSNorms on fixed 64-row blocks (`decoder.fixed_rows`), so the streams of a batch
+can share its passes without changing each other's bits; the CPU float modes keep the plain
+layers (cheaper for one stream there) and decode a batch's streams one by one.
+
 `QwenModel.transcribe` is the offline path: one whole utterance, the reference's features
 (whole-utterance floor, 0.5 s minimum), one prompt, greedy decoding until a stop token.
 """
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 
 from decoder.config import DecoderConfig, aligner_classes
+from decoder.fixed_rows import use_fixed_rows
 from decoder.generate import decode
 from decoder.model import QwenDecoder, Rotary
 from decoder.prompt import (
@@ -220,9 +226,10 @@ def load_qwen(
         mode: "float32", "bfloat16" or "int8" (see the module docstring).
         window_seconds: encoder attention window (1..8 s) instead of the checkpoint's.
         device: "cpu" or a CUDA device ("int8" is CPU only).
-        batch_invariant: int8 only: the decoder rounds each row as if alone, so streams can
-            share its passes (`decoder.quant`); False: plain fbgemm quantization, a quarter
-            cheaper for one stream, never batched across streams.
+        batch_invariant: int8: the decoder rounds each row as if alone, so streams can share
+            its passes (`decoder.quant`); False: plain fbgemm quantization, a quarter cheaper
+            for one stream, never batched across streams. Float modes on CUDA: fixed-row
+            blocks (`decoder.fixed_rows`); on the CPU float modes ignore it.
 
     Raises:
         CheckpointError: a file is missing, unreadable or does not fit.
@@ -276,6 +283,8 @@ def load_modules(
     decoder.requires_grad_(False)
     if mode == "int8":
         quantize_model(encoder, decoder, batch_invariant=batch_invariant)
+    elif batch_invariant and torch.device(device).type == "cuda":
+        use_fixed_rows(decoder)
     return encoder, decoder, QwenTokenizer.from_directory(checkpoint.directory)
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from decoder.fixed_rows import FixedRows
 from decoder.generate import Steps, run, run_batched
 from decoder.loader import FINAL_TOKENS_SLACK, HEADER_TOKENS, Mode, QwenModel, load_qwen
 from decoder.prompt import (
@@ -104,9 +105,9 @@ class QwenOptions:
     previous_words: int = 12
     # verify the previous step's continuation as a draft (exact; only saves time)
     use_draft: bool = True
-    # int8: decode a batch of streams in lockstep, with the decoder's rows rounded as if alone
-    # (the same text as one by one, in less time from 2 streams on); False: plain int8, a
-    # quarter cheaper for a single stream, a batch decoded one by one (BENCHMARKS.md, issue 13)
+    # decode a batch of streams in lockstep, with a batch-invariant decoder (int8: rows
+    # rounded as if alone; CUDA float modes: fixed-row blocks). False: plain layers (int8 a
+    # quarter cheaper for a single stream), a batch decoded one by one (BENCHMARKS.md, issue 13)
     batch: bool = True
 
     def __post_init__(self) -> None:
@@ -199,10 +200,11 @@ class QwenRecognizer(Recognizer):
         """Decodes requests of different streams, batched when that cannot change their text.
 
         In a batch-invariant mode (`batch_invariant`: int8, whose Linear rounds each row as if
-        it were alone) all requests run in lockstep (`decoder.generate.run_batched`): their
-        prefills and greedy steps share every Linear pass, each keeps its own cache. In fp32 and
-        bf16 the GEMM's rounding depends on the number of rows, so a stream's tokens could
-        depend on its neighbours: they decode one after another.
+        it were alone; CUDA float modes, whose row-wise layers run on fixed-size blocks) all
+        requests run in lockstep (`decoder.generate.run_batched`): their prefills and greedy
+        steps share every Linear pass, each keeps its own cache. In fp32 and bf16 on the CPU
+        the GEMM's rounding depends on the number of rows, so a stream's tokens could depend on
+        its neighbours: they decode one after another.
         """
         if len(requests) > 1 and self.options.batch and self.batch_invariant:
             return run_batched(self.model.decoder, [self._decode_steps(r) for r in requests])
@@ -210,9 +212,10 @@ class QwenRecognizer(Recognizer):
 
     @property
     def batch_invariant(self) -> bool:
-        """Whether a stream's logits are bitwise the same in any batch (row-invariant int8)."""
+        """Whether a stream's logits are bitwise the same in any batch (row-invariant int8, or
+        fixed-row blocks)."""
         head = self.model.decoder.lm_head
-        return isinstance(head, Int8Linear) and head.row_invariant
+        return isinstance(head, FixedRows) or (isinstance(head, Int8Linear) and head.row_invariant)
 
     @torch.no_grad()
     def decode_one(self, request: DecodeRequest) -> Hypothesis:

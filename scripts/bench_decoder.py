@@ -2,6 +2,7 @@
 
     python scripts/bench_decoder.py [--quick] [--modes float32 bfloat16 int8] [--window 4]
         [--threads 2] [--repeats 3] [--json out.json]
+    python scripts/bench_decoder.py --batched [--streams 1 2 3 4 8] [--device cuda]
 
 Models: Qwen3-ASR-0.6B shapes (encoder 18 x 896, LLM 28 x 1024, vocabulary 151936, tied head)
 with random weights; the cost does not depend on their values. The tokenizer is a byte-level BPE
@@ -62,6 +63,7 @@ from make_tiny_checkpoint import train_byte_level_bpe  # scripts/ is on sys.path
 from tokenizers import AddedToken, Tokenizer
 
 from decoder.config import QWEN3_0_6B
+from decoder.fixed_rows import use_fixed_rows
 from decoder.generate import decode, prefill
 from decoder.loader import QwenModel, quantize_model
 from decoder.model import QwenDecoder
@@ -70,6 +72,7 @@ from decoder.recognizer import QwenOptions, QwenRecognizer, QwenSegmentState
 from decoder.stream import append_stable, continue_stream, open_stream
 from decoder.tokenizer import QwenTokenizer
 from encoder.config import QWEN3_ASR_0_6B, TOKENS_PER_CHUNK
+from encoder.features import LogMelFrontEnd
 from encoder.model import AudioEncoder
 from streaming.recognizer import DecodeRequest, Word
 
@@ -462,8 +465,57 @@ def batched_streams(
     }
 
 
+def bf16_model(
+    base: tuple[AudioEncoder, QwenDecoder], tokenizer: QwenTokenizer, window: int, *,
+    device: str, fixed_rows: bool,
+) -> QwenModel:  # fmt: skip
+    """The base weights in bf16 on `device`, as `load_qwen(mode="bfloat16", device="cuda")`
+    builds them: the decoder's row-wise layers in fixed-row blocks when `fixed_rows`."""
+    model = build_model("bfloat16", base, tokenizer, window)
+    decoder = model.decoder.to(device)
+    if fixed_rows:
+        use_fixed_rows(decoder)
+    return dataclasses.replace(
+        model, encoder=model.encoder.to(device), decoder=decoder,
+        front_end=LogMelFrontEnd(device=device),
+    )  # fmt: skip
+
+
+def batched_bf16_main(args: argparse.Namespace, device: str = "cuda") -> None:
+    """--batched --device cuda: concurrent bf16 streams on one GPU, lockstep (fixed-row blocks,
+    batch-invariant) against one by one (plain bf16)."""
+    pool, words = corpus()
+    tokenizer = bench_tokenizer(words)
+    base = base_models()
+    command = "python scripts/bench_decoder.py " + " ".join(sys.argv[1:])
+    name = torch.cuda.get_device_name() if device == "cuda" else device
+    print(f"`{command}` (torch {torch.__version__}, {name}, bf16, window {args.window} s, "
+          f"{args.batched_seconds:.0f} s of speech per stream)\n")  # fmt: skip
+    print("| streams | path | round of 1 s steps P50 / P95 (ms) | per stream-second (ms) "
+          "| real time (round <= 1 s) |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    figures: dict[str, Any] = {"command": command, "device": name}
+    plain = bf16_model(base, tokenizer, args.window, device=device, fixed_rows=False)
+    fixed = bf16_model(base, tokenizer, args.window, device=device, fixed_rows=True)
+    for streams in args.streams:
+        for label, model, batch in (("one by one, plain bf16", plain, False),
+                                    ("lockstep, fixed rows", fixed, True)):  # fmt: skip
+            if streams == 1 and batch:
+                continue
+            f = batched_streams(model, streams, args.batched_seconds, pool, words, batch=batch)
+            figures[f"{streams}_{'batched' if batch else 'sequential'}"] = f
+            print(f"| {streams} | {label} | {f['round_p50']:.0f} / {f['round_p95']:.0f} "
+                  f"| {f['per_stream_s']:.0f} | {'yes' if f['rtf'] <= 1 else 'no'} "
+                  f"(RTF {f['rtf']:.2f}) |", flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
 def batched_main(args: argparse.Namespace) -> None:
     """--batched: concurrent int8 streams batched against one by one (issue 13)."""
+    if args.device == "cuda":
+        batched_bf16_main(args)
+        return
     torch.set_num_threads(args.threads)
     pool, words = corpus()
     tokenizer = bench_tokenizer(words)
@@ -525,6 +577,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--streams", type=int, nargs="*", default=[1, 2, 3, 4, 8])
     parser.add_argument("--batched-seconds", type=float, default=30.0)
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="--batched only: cuda measures bf16 streams on one GPU",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.batched:
         batched_main(args)

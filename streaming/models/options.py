@@ -57,8 +57,9 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
         "--no-batch",
         dest="batch",
         action="store_false",
-        help="Qwen3-ASR int8: decode the streams of a batch one by one with plain int8 (a "
-        "quarter cheaper for a single stream) instead of in lockstep (BENCHMARKS.md, issue 13)",
+        help="Qwen3-ASR: decode the streams of a batch one by one, with plain int8 (a quarter "
+        "cheaper for a single stream on the CPU) or, on CUDA, plain float layers instead of "
+        "fixed-row blocks, instead of in lockstep (BENCHMARKS.md, issue 13)",
     )
     parser.add_argument(
         "--aligner",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ import torch
 
 from client.connection import SessionSettings
 from client.file_streamer import PaceOptions, stream_samples
+from decoder.fixed_rows import FixedRows, use_fixed_rows
 from decoder.generate import decode_steps, run, run_batched
 from decoder.loader import Mode, load_qwen
 from decoder.model import QwenDecoder
@@ -74,17 +76,53 @@ def greedy_batched(decoder, prefixes, batch_prompts, max_new=8):
     return run_batched(decoder, steps), caches
 
 
-@pytest.mark.parametrize("mode", ["float32", "int8"])
+def test_fixed_rows_make_a_float_row_independent_of_its_neighbours() -> None:
+    """fp32 on the CPU: a plain Linear's rows change with the number of rows in the call; in
+    fixed-size blocks each row is bitwise the same alone, in a batch, and at another place."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(1024, 1024)
+    rows = torch.randn(40, 1024)
+    alone = torch.cat([linear(rows[i : i + 1]) for i in range(40)])
+    assert not torch.equal(linear(rows), alone)  # what FixedRows is for (MKL, this machine)
+    fixed = FixedRows(linear, rows=16)
+    alone = torch.cat([fixed(rows[i : i + 1]) for i in range(40)])
+    assert torch.equal(fixed(rows), alone)
+    assert torch.equal(fixed(rows.flip(0)).flip(0), alone)
+    assert torch.equal(fixed(rows[[3, 17, 38]]), alone[[3, 17, 38]])
+    assert torch.allclose(alone, linear(rows), atol=1e-5, rtol=0)
+
+
+def decoder_in(mode: str, checkpoint: Path, device: str = "cpu") -> QwenDecoder:
+    """The tiny decoder in a batching mode; "fixed-rows": fp32 with `use_fixed_rows` (8-row
+    blocks, so the packed prefills span several), the CUDA float modes' mechanism on the CPU."""
+    if mode == "fixed-rows":
+        return cast(QwenDecoder, use_fixed_rows(load_qwen(checkpoint).decoder, rows=8))
+    return load_qwen(checkpoint, mode=cast(Mode, mode), device=device).decoder
+
+
+@pytest.mark.parametrize("mode", ["float32", "int8", "fixed-rows"])
 def test_lockstep_decoding_matches_each_stream_alone(
-    untied: Callable[[str], Path], mode: Mode
+    untied: Callable[[str], Path], mode: str
 ) -> None:
     """Ragged prefills and greedy steps of 4 streams in lockstep give each stream's own tokens.
 
-    fp32: logits within 1e-4 and identical tokens. int8: bitwise equal logits, in two different
-    batches and in permuted order. Caches end at the same positions as after sequential
-    decoding, so a retry from the stable prefix is exact.
+    fp32: logits within 1e-4 and identical tokens. int8 and fixed-row fp32: bitwise equal
+    logits, in two different batches and in permuted order. Caches end at the same positions
+    as after sequential decoding, so a retry from the stable prefix is exact.
     """
-    decoder = load_qwen(untied("hf"), mode=mode).decoder
+    check_lockstep(decoder_in(mode, untied("hf")), bitwise=mode != "float32")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lockstep_decoding_on_cuda_is_batch_invariant(untied: Callable[[str], Path]) -> None:
+    """bf16 on CUDA (fixed-row blocks, `load_qwen`'s default there): bitwise as above."""
+    decoder = decoder_in("bfloat16", untied("hf"), device="cuda")
+    assert isinstance(decoder.lm_head, FixedRows)
+    check_lockstep(decoder, bitwise=True)
+
+
+def check_lockstep(decoder: QwenDecoder, *, bitwise: bool) -> None:
     prefixes = prompts(decoder, [5, 9, 3, 7], seed=1)
     news = prompts(decoder, [6, 2, 11, 4], seed=2)
     alone = [greedy_alone(decoder, pre, new) for pre, new in zip(prefixes, news, strict=True)]
@@ -95,9 +133,9 @@ def test_lockstep_decoding_matches_each_stream_alone(
     pair, _ = greedy_batched(decoder, prefixes[1:3], news[1:3])  # another neighbourhood
     for i, (single, cache) in enumerate(alone):
         for batched in (batch_a[i], batch_b[i], *([pair[i - 1]] if 1 <= i <= 2 else [])):
-            assert batched.tokens == single.tokens, (mode, i)
+            assert batched.tokens == single.tokens, i
             for got, want in zip(batched.logits, single.logits, strict=True):
-                if mode == "int8":
+                if bitwise:
                     assert torch.equal(got, want), (i, (got - want).abs().max())
                 else:
                     assert torch.allclose(got, want, atol=1e-4, rtol=0), (got - want).abs().max()
@@ -118,11 +156,21 @@ def test_one_stream_through_the_batched_path_is_bitwise_the_plain_path(
     assert torch.equal(batched_cache.data[:, :, :, :, :position], cache.data[:, :, :, :, :position])
 
 
+ON_CUDA = pytest.param(
+    "bfloat16", "cuda",
+    marks=[pytest.mark.gpu,
+           pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(("mode", "device"), [("int8", "cpu"), ON_CUDA])
 def test_the_recognizer_batches_streams_without_changing_their_text(
-    untied: Callable[[str], Path], corpus: list
+    untied: Callable[[str], Path], corpus: list, mode: Mode, device: str
 ) -> None:
-    """int8 QwenRecognizer: 3 streams' partial and final decodes batched = one by one."""
-    recognizer = QwenRecognizer(load_qwen(untied("hf"), mode="int8", window_seconds=2), "tiny")
+    """QwenRecognizer (int8 on the CPU, bf16 on CUDA): 3 streams' partial and final decodes
+    batched = one by one."""
+    model = load_qwen(untied("hf"), mode=mode, window_seconds=2, device=device)
+    recognizer = QwenRecognizer(model, "tiny")
     assert recognizer.batch_invariant
     audio = [corpus[i].samples().astype(np.float32) for i in (0, 3, 7)]
     states: list[object | None] = [None] * 3
@@ -175,7 +223,8 @@ async def test_a_transcript_is_the_same_with_one_or_four_sessions(
 
 
 def test_only_row_invariant_int8_is_batched(untied: Callable[[str], Path]) -> None:
-    """fp32 and plain int8 (`--no-batch`) decode a batch one request after another."""
+    """On the CPU, fp32 and plain int8 (`--no-batch`) decode a batch one request after another
+    (CUDA float modes are batched: the test above)."""
     for mode, invariant in (("float32", True), ("int8", False)):
         model = load_qwen(untied("hf"), mode=mode, batch_invariant=invariant)  # type: ignore[arg-type]
         assert not QwenRecognizer(model, "tiny").batch_invariant
