@@ -1,7 +1,7 @@
 """Replays test sets through the session engine at fixed steps: WER and decodes, no sockets.
 
     python scripts/bench_replay.py [--sets long,synthetic] [--no-recheck] [--out hyps.jsonl]
-        [--decode-ms MS] [--joined] [--no-prompt-reset] [--step-ms MS]
+        [--decode-ms MS] [--joined] [--no-prompt-reset] [--step-ms MS] [--final-decodes]
 
 Each file is fed sans-I/O to a `streaming.session.Session` in 40 ms frames (plus 1 s of
 silence), and every decode request it makes is answered at once by the default Whisper
@@ -103,6 +103,12 @@ def main() -> None:
         "call or the soak runs it: previous segments' text then crosses files",
     )
     parser.add_argument(
+        "--final-decodes",
+        action="store_true",
+        help="decode every final, even where the latest partial heard the whole segment "
+        "(`ModelInfo.partial_is_final` off)",
+    )
+    parser.add_argument(
         "--no-prompt-reset",
         action="store_true",
         help="keep the earlier text in the prompt of a decode that looped",
@@ -114,6 +120,8 @@ def main() -> None:
     if args.no_prompt_reset:
         assert isinstance(recognizer, whisper_module.WhisperRecognizer)
         recognizer.options = dataclasses.replace(recognizer.options, reset_prompt_on_loop=False)
+    if args.final_decodes:
+        recognizer.info = dataclasses.replace(recognizer.info, partial_is_final=False)
     model_calls = 0
     decode_prepared = recognizer._decode_prepared  # type: ignore[attr-defined]
 

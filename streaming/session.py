@@ -182,6 +182,25 @@ class _Segment:
     language: str | None = None
     # cut at the end of its committed words: the committed text is its final text
     covered: bool = False
+    # the latest partial answer, kept where a partial can be the final (`_Heard`)
+    heard: _Heard | None = None
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """A partial decode's answer, kept in case it turns out to be the segment's final decode.
+
+    With `ModelInfo.partial_is_final` a decode does not depend on `final`; so when a segment
+    ends inside audio that its latest partial already heard (the silence the endpointer waits
+    for), decoding the segment again would give the same words, up to 0.6 s later. The audio
+    between the segment's end and `until` is unvoiced by the endpointer's own measure, so the
+    partial heard no speech the final would not hear.
+    """
+
+    until: int  # timeline position the partial's audio reached
+    words: tuple[Word, ...]  # committed + tail, as a final would take them
+    language: str | None
+    settings: tuple[object, ...]  # context, hotwords, language of its request
 
 
 class Session:
@@ -306,6 +325,8 @@ class Session:
         if self._in_flight is not None:
             if self._in_flight[1].final or not final or segment.covered:
                 return None  # (a covered segment's final needs no decode: `complete` emits it)
+            if self._heard_whole(segment, self._heard_by(*self._in_flight, None)):
+                return None  # the partial in flight is the final (`complete` emits it)
             # The segment ended while its partial decode waits or runs: that answer can no
             # longer change anything (nothing of a partial that ran past the end is committed,
             # see `complete`), so the final goes now instead of queueing behind it; the caller
@@ -317,7 +338,7 @@ class Session:
             if not self.config.partials:
                 return None
             step = self.limits.step_ms if step_ms is None else step_ms
-            if end - segment.decoded_until < _samples(step):
+            if end - segment.decoded_until < _samples(step) and not self._pause_due(segment, step):
                 return None
         request = DecodeRequest(
             audio=self._timeline.copy(segment.start, end),
@@ -351,13 +372,17 @@ class Session:
         if hypothesis.warning is not None and hypothesis.warning[0] not in self._warned:
             self._warned.add(hypothesis.warning[0])  # once per session: finals keep coming
             self._warn(*hypothesis.warning)
+        words = request.committed + tuple(tail)
+        heard = self._heard_by(segment, request, hypothesis.language, words)
         if request.final:
-            words = request.committed + tuple(tail)
             self._finish(segment, words, hypothesis.language, hypothesis.aligned)
+        elif heard is not None and self._heard_whole(segment, heard):
+            self._finish_heard(segment, heard)
         elif segment.end is None:
             self._stabilize(segment, tail, request.duration_ms)
-        # else: the segment ended while this partial ran; it may have heard audio past the end,
-        # so nothing of it is committed, and the final decode comes next
+            segment.heard = heard if self.model.partial_is_final else None
+        # else: the segment ended while this partial ran and it heard audio past the end that
+        # may be the next segment's, so nothing of it is committed: the final decode comes next
         self._finish_covered()
         self._maybe_ack(force=True)
 
@@ -478,14 +503,16 @@ class Session:
             self._warn("nothing_to_finalize", "input.finalize: no speech segment is open")
             return
         self._close_segment(end.position, "finalize")
+        self._finish_covered()
 
     def _end_input(self, reason: str) -> None:
         self._ingest(self._converter.flush())
         end = self._endpointer.end_segment(self._timeline.end)
-        if end is not None:
-            self._close_segment(end.position, "end")
         self.state = State.DRAINING
         self._close_reason = reason
+        if end is not None:
+            self._close_segment(end.position, "end")
+            self._finish_covered()
         self._maybe_close()
 
     # ------------------------------------------------------------------- audio
@@ -544,10 +571,67 @@ class Session:
         self._last_segment_end = segment.end
 
     def _finish_covered(self) -> None:
-        """Emits the finals of covered segments at the head of the queue (no decode needed)."""
-        while self._segments and self._segments[0].covered and self._in_flight is None:
+        """Emits the finals at the head of the queue that need no decode: covered segments,
+        and ended segments whose latest partial heard all of them (`_Heard`)."""
+        while self._segments and self._in_flight is None:
             segment = self._segments[0]
-            self._finish(segment, tuple(segment.committed), segment.language)
+            if segment.covered:
+                self._finish(segment, tuple(segment.committed), segment.language)
+            elif segment.heard is not None and self._heard_whole(segment, segment.heard):
+                self._finish_heard(segment, segment.heard)
+            else:
+                return
+
+    def _finish_heard(self, segment: _Segment, heard: _Heard) -> None:
+        """The final from a partial that heard the whole segment (`_Heard`). Its word times
+        may reach into the unvoiced audio after the segment's end (alignment stretches a last
+        word over the silence after it); they are clamped to the segment, as the protocol
+        keeps a final's words inside it."""
+        assert segment.end is not None
+        length = _ms(segment.end - segment.start)
+        words = tuple(
+            Word(w.text, min(w.start_ms, length), min(w.end_ms, length)) for w in heard.words
+        )
+        self._finish(segment, words, heard.language)
+
+    def _pause_due(self, segment: _Segment, step_ms: int) -> bool:
+        """Whether a partial is due now, off its step, because a pause began: one that hears up
+        to where the segment would end (`Endpointer.pause_end`) is its final if the pause
+        becomes the endpoint (`_Heard`), ready when the endpoint is decided instead of starting
+        then; if speech resumes it was an ordinary partial. Not while the model is behind (a
+        step longer than `Limits.step_ms`), where every extra decode delays the others."""
+        if not self.model.partial_is_final or step_ms > self.limits.step_ms:
+            return False
+        pause_end = self._endpointer.pause_end
+        return pause_end is not None and segment.decoded_until < pause_end
+
+    def _heard_by(
+        self,
+        segment: _Segment,
+        request: DecodeRequest,
+        language: str | None,
+        words: tuple[Word, ...] = (),
+    ) -> _Heard | None:
+        """What a partial request heard, if its answer could be its segment's final."""
+        if request.final or not self.model.partial_is_final:
+            return None
+        return _Heard(
+            segment.start + len(request.audio), words, language,
+            (request.context, request.hotwords, request.language),
+        )  # fmt: skip
+
+    def _heard_whole(self, segment: _Segment, heard: _Heard | None) -> bool:
+        """Whether a partial's answer is this ended segment's final: it heard the whole segment,
+        past its end only what the endpointer found unvoiced (not the next segment's speech, as
+        after a max-length cut), with the settings a final decode would use now."""
+        if heard is None or segment.end is None:
+            return False
+        settings = (self.config.context, self.config.hotwords, self.config.language)
+        if heard.settings != settings:
+            return False
+        if segment.reason == "max_length":
+            return heard.until == segment.end
+        return heard.until >= segment.end
 
     def _cut_after_committed(self, position: int) -> int:
         """Where a segment cut for its length really ends: never before its committed words.

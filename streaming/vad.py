@@ -113,6 +113,15 @@ class Endpointer:
         """Samples classified so far (the partial frame still waiting is not counted)."""
         return self._position
 
+    @property
+    def pause_end(self) -> int | None:
+        """Where the open segment ends if the silence going on now lasts `silence_ms` (its last
+        voiced frame plus the kept tail), once the audio has reached that point; else None."""
+        if not self.in_speech or self._silent_frames == 0:
+            return None
+        end = self._last_voiced_end + self.tail
+        return end if self._position >= end else None
+
     def accept(self, samples: np.ndarray) -> list[Boundary]:
         """Classifies new float32 samples; returns the boundaries they reveal, in order."""
         pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype(np.int16)

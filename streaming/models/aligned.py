@@ -47,10 +47,12 @@ class AlignedRecognizer(Recognizer):
         self.aligner = aligner
         details = {**recognizer.info.details, "aligner": aligner.name}
         # one lane: the aligner's torch calls use every core, and a second call beside one
-        # would only make both slower
+        # would only make both slower. Finals are aligned and partials not, so a partial's
+        # answer is never a final here.
         self.info = dataclasses.replace(
-            recognizer.info, word_timestamps=True, details=details, lanes=1
-        )
+            recognizer.info, word_timestamps=True, details=details, lanes=1,
+            partial_is_final=False,
+        )  # fmt: skip
         self.align_seconds = 0.0
 
     @property

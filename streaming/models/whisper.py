@@ -264,6 +264,7 @@ class WhisperRecognizer(Recognizer):
             word_timestamps=True,
             translates=self.model.is_multilingual,
             lanes=self.options.parallel_calls,
+            partial_is_final=True,
             details={
                 "engine": "ctranslate2",
                 "compute_type": self.options.compute_type,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -441,3 +442,147 @@ def test_partials_come_at_the_step_the_caller_asks_for():
 def test_the_early_step_cannot_exceed_the_step():
     with pytest.raises(ValueError, match="early_step_ms"):
         Limits(step_ms=500, early_step_ms=1000)
+
+
+def heard_driver(script=SCRIPT, *, partial_is_final=True):
+    """A session over a recognizer whose partial decodes are its final decodes (Whisper's
+    `ModelInfo.partial_is_final`); requests are answered by hand."""
+    recognizer = ScriptedRecognizer(script)
+    recognizer.info = dataclasses.replace(recognizer.info, partial_is_final=partial_is_final)
+    return Driver(Session("s1", recognizer.info), recognizer, answer=False)
+
+
+def answer(d, step_ms=None):
+    request = d.session.next_request(step_ms=step_ms)
+    assert request is not None
+    d.session.complete(d.recognizer.decode([request])[0])
+    d.pump()
+    return request
+
+
+@pytest.mark.parametrize("partial_is_final", [True, False])
+def test_a_partial_that_heard_the_whole_segment_is_its_final(partial_is_final):
+    """The endpointer ends a segment 0.3 s after its last voiced frame, once 0.6 s are silent.
+    A partial decoded in between heard the whole segment and only unvoiced audio after it: the
+    final decode would give its words again, so they are the final at once, without a decode.
+    A recognizer whose decode depends on `final` (Qwen) still gets its final decode."""
+    d = heard_driver(partial_is_final=partial_is_final)
+    d.audio(np.concatenate([silence(0.5), tone(2.4)]))
+    answer(d, step_ms=500)
+    d.audio(silence(0.45))  # past the segment's end (last voiced frame + 0.3 s), not yet ended
+    heard = answer(d, step_ms=200)
+    assert not d.of("transcript.final")
+    d.audio(silence(1.0))  # the endpoint
+    finals = d.of("transcript.final")
+    if partial_is_final:
+        assert [f["text"] for f in finals] == ["Go forward ten meters."]
+        assert not [r for r in d.recognizer.requests if r.final]
+        assert finals[0]["end_ms"] < 500 + heard.duration_ms  # the partial heard past the end
+    else:
+        assert not finals
+        answer(d)
+        assert d.recognizer.requests[-1].final
+        assert [f["text"] for f in d.of("transcript.final")] == ["Go forward ten meters."]
+    assert check_events(d.log) == []
+
+
+def test_a_partial_in_flight_that_heard_the_whole_segment_becomes_its_final():
+    """Instead of superseding it with a final decode of the same audio, its answer is awaited."""
+    d = heard_driver()
+    d.audio(np.concatenate([silence(0.5), tone(2.4), silence(0.45)]))
+    partial = d.session.next_request(step_ms=200)
+    assert partial is not None and not partial.final
+    d.audio(silence(1.0))  # the endpoint arrives while the partial is out
+    assert d.session.next_request() is None  # no final decode: the partial is awaited
+    d.session.complete(d.recognizer.decode([partial])[0])
+    d.pump()
+    assert [f["text"] for f in d.of("transcript.final")] == ["Go forward ten meters."]
+    assert not [r for r in d.recognizer.requests if r.final]
+    assert check_events(d.log) == []
+
+
+def test_a_partial_past_a_length_cut_is_not_the_final():
+    """Past a max-length cut the audio is the next segment's speech: a final decode is made."""
+    d = heard_driver([(" late", 5200), (" words.", 5600)])
+    d.send({"type": "session.start", "endpointing": {"max_segment_s": 4}})
+    for chunk in frames(s16(np.concatenate([silence(0.3), tone(4.6)])), FRAME):
+        d.session.receive_audio(chunk)
+        request = d.session.next_request(step_ms=200)
+        if request is not None:
+            d.session.complete(d.recognizer.decode([request])[0])
+    d.pump()
+    first = d.of("transcript.final")[0]
+    assert first["reason"] == "max_length"
+    finals = [r for r in d.recognizer.requests if r.final]
+    assert finals and finals[0].duration_ms == first["end_ms"] - first["start_ms"], first
+    length = first["end_ms"] - first["start_ms"]
+    before = next(i for i, r in enumerate(d.recognizer.requests) if r is finals[0])
+    heard = [r for r in d.recognizer.requests[:before] if r.duration_ms > length]
+    assert heard  # a partial did hear past the cut
+
+
+def test_a_partial_is_not_the_final_once_the_context_changed():
+    """A context changed since the partial would change the decode: a final decode is made."""
+    d = heard_driver()
+    d.audio(np.concatenate([silence(0.5), tone(2.4)]))
+    answer(d, step_ms=500)
+    d.audio(silence(0.45))
+    answer(d, step_ms=200)
+    d.send({"type": "session.update", "context": "cards and meters"})
+    d.audio(silence(1.0))
+    assert not d.of("transcript.final")
+    final = answer(d)
+    assert final.final and final.context == "cards and meters"
+    assert [f["text"] for f in d.of("transcript.final")] == ["Go forward ten meters."]
+
+
+def test_a_final_from_a_partial_keeps_its_words_inside_the_segment():
+    """A word the partial timed into the silence after the segment's end (an alignment stretch)
+    is kept, its times clamped to the segment."""
+    recognizer = ScriptedRecognizer([(" Go", 500), (" on.", 3200)])
+    recognizer.info = dataclasses.replace(recognizer.info, partial_is_final=True)
+    d = Driver(Session("s1", recognizer.info, config=SessionConfig(word_timestamps=True)),
+               recognizer, answer=False)  # fmt: skip
+    d.audio(np.concatenate([silence(0.5), tone(2.4)]))
+    answer(d, step_ms=500)
+    d.audio(silence(0.5))
+    answer(d, step_ms=200)
+    d.audio(silence(1.0))
+    (final,) = d.of("transcript.final")
+    assert final["text"] == "Go on."
+    assert final["words"][-1]["end_ms"] == final["end_ms"] < final["start_ms"] + 3200
+    assert check_events(d.log) == []
+
+
+def test_a_pause_asks_for_a_partial_that_can_become_the_final():
+    """Once a pause reaches the point where the segment would end, a partial is due off its
+    step; if the pause becomes the endpoint, that partial is the final, ready when the endpoint
+    is decided. While the model is behind (a longer step) no extra partial is asked for."""
+    d = heard_driver()
+    d.audio(np.concatenate([silence(0.5), tone(2.4)]))
+    answer(d)  # the regular 1 s step
+    d.audio(silence(0.25))  # (webrtcvad hears the tone until 3.0 s: the end would be 3.3 s)
+    assert d.session.next_request() is None  # not yet at the segment's possible end
+    d.audio(silence(0.2))
+    assert d.session.next_request(step_ms=2000) is None  # a loaded model: no extra partial
+    paused = answer(d)  # due now, though not a step's worth of audio since the last partial
+    assert not paused.final
+    d.audio(silence(1.0))  # the pause becomes the endpoint
+    assert [f["text"] for f in d.of("transcript.final")] == ["Go forward ten meters."]
+    assert not [r for r in d.recognizer.requests if r.final]
+    assert check_events(d.log) == []
+
+
+def test_speech_after_a_pause_goes_on_in_the_same_segment():
+    """The pause's partial was an ordinary partial when speech resumes within silence_ms."""
+    d = heard_driver([(" Go", 500), (" forward", 1000), (" ten", 2900), (" meters.", 3300)])
+    d.audio(np.concatenate([silence(0.5), tone(1.4)]))
+    answer(d)
+    d.audio(silence(0.5))
+    answer(d)  # the pause's partial
+    assert not d.of("transcript.final")
+    d.answer = True  # from here on every request is answered at once
+    d.audio(np.concatenate([tone(1.2), silence(1.2)]))
+    d.send({"type": "input.end"})
+    assert [f["text"] for f in d.of("transcript.final")] == ["Go forward ten meters."]
+    assert check_events(d.log, input_ended=True) == []
