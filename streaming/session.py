@@ -380,7 +380,7 @@ class Session:
             self._finish_heard(segment, heard)
         elif segment.end is None:
             self._stabilize(segment, tail, request.duration_ms)
-            segment.heard = heard if self.model.partial_is_final else None
+            segment.heard = heard  # (None where a partial can never be the final)
         # else: the segment ended while this partial ran and it heard audio past the end that
         # may be the next segment's, so nothing of it is committed: the final decode comes next
         self._finish_covered()
