@@ -25,6 +25,7 @@ class SessionRunner:
         self.worker = worker
         self.sink = sink
         self._decoding: asyncio.Task[None] | None = None
+        self._request: DecodeRequest | None = None  # the request `_decoding` waits on
         self._finished = asyncio.Event()  # the session is over and no decode is running
         self.pump()
 
@@ -53,9 +54,13 @@ class SessionRunner:
                 # superseded (a partial of a segment that has ended): its model call may still
                 # run, but its answer is dropped and the final queues at once
                 self._decoding.cancel()
+            self._request = request
             self._decoding = asyncio.create_task(
                 self._decode(request), name=f"{self.session.session_id}:decode"
             )
+        elif self._request is not None and not self._request.final and self.session.final_in_flight:
+            # the partial still waiting is the final now: it must not queue behind partials
+            self.worker.promote(self._request)
         if self.session.finished and self._decoding is None:
             self._finished.set()
 
@@ -76,7 +81,7 @@ class SessionRunner:
         """The client is gone: stop decoding for it. The runner then counts as finished."""
         if self._decoding is not None:
             self._decoding.cancel()
-            self._decoding = None
+            self._decoding = self._request = None
         self._finished.set()
 
     async def _decode(self, request: DecodeRequest) -> None:
@@ -86,5 +91,5 @@ class SessionRunner:
             self.session.fail(exc)
         else:
             self.session.complete(hypothesis)
-        self._decoding = None  # this task is ending: pump may start the next decode
+        self._decoding = self._request = None  # this task is ending: pump may start the next decode
         self.pump()

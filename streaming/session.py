@@ -392,6 +392,16 @@ class Session:
         self._report(error)
 
     @property
+    def final_in_flight(self) -> bool:
+        """Whether the answer to the request in flight will be a final: a final request, or a
+        partial that heard the whole of its ended segment (`_heard_whole`). A caller that queues
+        requests by kind can then give it a final's priority."""
+        if self._in_flight is None:
+            return False
+        segment, request = self._in_flight
+        return request.final or self._heard_whole(segment, self._heard_by(segment, request, None))
+
+    @property
     def finished(self) -> bool:
         """True once the session has closed or failed: the transport should close the stream."""
         return self.state in (State.CLOSED, State.FAILED)

@@ -21,9 +21,16 @@ transcription for the HTTP face) as a callable, alone on one lane, after every w
 partial. A long file is split into jobs by its caller, so live sessions wait at most one job
 between two of their batches (with one lane; with more they go on beside it).
 
+A partial whose answer turns out to be its segment's final (the segment ended and the partial
+heard all of it: `Session.final_in_flight`) is *promoted* while it still waits (`promote`): it
+is queued once more with a final's priority, and whichever of its two entries a lane takes
+first runs; the other is skipped. A final so never waits behind other streams' partials
+because its request was queued as a partial.
+
 Queue policy: the queue is bounded by `max_pending`. Each session has at most one request in
 flight, so with `max_pending` >= the server's session limit a put never waits; if it ever would,
-the session waits (backpressure) rather than the request being dropped.
+the session waits (backpressure) rather than the request being dropped. A promotion that finds
+the queue full is not made (the request keeps its place as a partial).
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ class WorkerStats:
     busy_s: float = 0.0
     largest_batch: int = 0
     failures: int = 0
+    promoted: int = 0  # partials given a final's priority while waiting (`promote`)
 
 
 class ModelWorker:
@@ -86,6 +94,9 @@ class ModelWorker:
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="recognizer")
         self._task: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()  # model calls running, one per busy lane
+        # requests waiting as partials, by identity, with their futures (`promote`)
+        self._waiting_partials: dict[int, tuple[DecodeRequest, asyncio.Future[Any]]] = {}
+        self._taken: set[asyncio.Future[Any]] = set()  # futures of requests on a lane
 
     def start(self) -> None:
         """Starts the consumer task on the running loop."""
@@ -115,7 +126,25 @@ class ModelWorker:
         future: asyncio.Future[Hypothesis] = asyncio.get_running_loop().create_future()
         priority = FINAL if request.final else PARTIAL
         await self._queue.put((priority, next(self._order), request, future))
-        return await future
+        if priority == PARTIAL:
+            self._waiting_partials[id(request)] = (request, future)
+        try:
+            return await future
+        finally:
+            self._waiting_partials.pop(id(request), None)
+
+    def promote(self, request: DecodeRequest) -> bool:
+        """Gives a partial request still waiting a final's priority (its answer will be its
+        segment's final); whether it was promoted (not if it already runs or is answered)."""
+        waiting = self._waiting_partials.pop(id(request), None)
+        if waiting is None or waiting[0] is not request or waiting[1].done():
+            return False
+        try:
+            self._queue.put_nowait((FINAL, next(self._order), request, waiting[1]))
+        except asyncio.QueueFull:
+            return False
+        self.stats.promoted += 1
+        return True
 
     async def run(self, job: Callable[[], T]) -> T:
         """Runs `job` on the model thread, alone, once no final or partial is waiting.
@@ -178,7 +207,12 @@ class ModelWorker:
                         self._queue.put_nowait(item)
                         break
                     batch.append(item)
-                live = [item for item in batch if not item[3].done()]  # cancelled: session gone
+                # skipped: cancelled (the session is gone or superseded the request), or the
+                # other entry of a promoted request, taken already
+                live = [item for item in batch if not item[3].done() and item[3] not in self._taken]
+                for item in live:
+                    self._taken.add(item[3])
+                    self._waiting_partials.pop(id(item[2]), None)
                 if not live:
                     free_lanes.release()
                     continue
@@ -213,6 +247,7 @@ class ModelWorker:
             kind = "final" if any(r.final for r in requests) else "partial"
             self.observer(kind, len(requests), elapsed)
         for (_, _, _, future), answer in zip(live, answers, strict=True):
+            self._taken.discard(future)
             if future.done():
                 continue
             if isinstance(answer, Exception):

@@ -121,6 +121,7 @@ def load_recognizer(
     window_s: int | None = None,
     beam_size: int = 1,
     batch: bool = True,
+    wide_encoder: bool = True,
 ) -> Recognizer:
     """Builds the recognizer for a `--model` value (see the module docstring).
 
@@ -134,11 +135,16 @@ def load_recognizer(
         window_s: Qwen3-ASR only: encoder attention window in seconds (1..8, default 4).
         beam_size: Whisper only: 1 for greedy decoding, more for beam search.
         batch: Qwen3-ASR int8 only: batch streams in lockstep (`QwenOptions.batch`).
+        wide_encoder: Whisper on the CPU with several lanes: a final that runs alone encodes
+            on every thread (`WhisperOptions.wide_encoder`).
 
     Raises:
         ModelNotFoundError: the model is not on this machine (or not usable), with what to do.
     """
-    options = WhisperOptions(threads=threads, lanes=lanes, device=device, beam_size=beam_size)
+    options = WhisperOptions(
+        threads=threads, lanes=lanes, device=device, beam_size=beam_size,
+        wide_encoder=wide_encoder,
+    )  # fmt: skip
     if model == "tiny.en":
         return WhisperRecognizer(whisper_tiny_en_dir(), "whisper-tiny.en", options)
     if model == "base":

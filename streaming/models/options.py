@@ -31,6 +31,13 @@ def add_model_arguments(parser: argparse.ArgumentParser | Any) -> None:
         help="Whisper only: model calls run at once, each on its own replica with "
         "threads/lanes threads (default: one lane per thread on the cpu, 1 on cuda)",
     )
+    parser.add_argument(
+        "--no-wide-encoder",
+        dest="wide_encoder",
+        action="store_false",
+        help="Whisper on the cpu: keep a final's encoder on its lane's threads even when no "
+        "other call runs (saves the second copy of the weights that encodes on every thread)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument(
         "--dtype",
@@ -87,6 +94,7 @@ def load_from_arguments(args: argparse.Namespace) -> Recognizer:
         window_s=args.window_s,
         beam_size=args.beam_size,
         batch=getattr(args, "batch", True),
+        wide_encoder=getattr(args, "wide_encoder", True),
     )
     if getattr(args, "aligner", None):
         aligner = load_forced_aligner(args.aligner, device=args.device, dtype=args.dtype)

@@ -62,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import string
+import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -170,6 +171,13 @@ class WhisperOptions:
     reset_prompt_on_loop: bool = True
     # 1: greedy; more: beam search (slower, see BENCHMARKS.md)
     beam_size: int = 1
+    # a call that holds a final encodes on all `threads` when no other call runs (a second
+    # copy of the weights, one replica with every thread): the user waits on a final, and the
+    # encoder, unlike the decoder's steps, is big enough to split. Measured (BENCHMARKS.md,
+    # "A final's encoder on every core"): a 15 s encoder input takes 146 ms on one thread and
+    # 90-107 ms on two; finalize P50 on the short clips 362 -> 310 ms. Partials on both cores
+    # as well made it 377 ms: a final then starts beside a partial that holds both cores.
+    wide_encoder: bool = True
 
     @property
     def parallel_calls(self) -> int:
@@ -237,16 +245,26 @@ class WhisperRecognizer(Recognizer):
         self.options = options or WhisperOptions()
         if not (model_dir / "model.bin").is_file():
             raise FileNotFoundError(f"{model_dir} holds no CTranslate2 Whisper model (model.bin)")
+        lane_threads = max(1, self.options.threads // self.options.parallel_calls)
         # faster-whisper's model object holds the CTranslate2 model the streaming path drives
         # and runs `transcribe_offline`: one copy of the weights for both
         self._pipeline = WhisperModel(
             str(model_dir),
             device=self.options.device,
             compute_type=self.options.compute_type,
-            cpu_threads=max(1, self.options.threads // self.options.parallel_calls),
+            cpu_threads=lane_threads,
             num_workers=self.options.parallel_calls,
         )
         self.model: ctranslate2.models.Whisper = self._pipeline.model
+        self._wide_encoder: ctranslate2.models.Whisper | None = None
+        wide = self.options.device == "cpu" and self.options.threads > lane_threads
+        if self.options.wide_encoder and wide:
+            self._wide_encoder = ctranslate2.models.Whisper(
+                str(model_dir), device="cpu", compute_type=self.options.compute_type,
+                intra_threads=self.options.threads, inter_threads=1,
+            )  # fmt: skip
+        self._calls_in_flight = 0  # decode calls running now, on all lanes
+        self._calls_lock = threading.Lock()
         self._hf_tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._tokenizers: dict[str | None, Tokenizer] = {}
         self._features = FeatureExtractor(feature_size=self.model.n_mels)
@@ -278,6 +296,15 @@ class WhisperRecognizer(Recognizer):
 
     def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
         """Decodes requests, then re-checks audio their continuations leave uncovered."""
+        with self._calls_lock:
+            self._calls_in_flight += 1
+        try:
+            return self._decode(requests)
+        finally:
+            with self._calls_lock:
+                self._calls_in_flight -= 1
+
+    def _decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
         prepared = [self._prepare(i, r) for i, r in enumerate(requests)]
         answers, looped = self._decode_prepared(prepared)
         # A decode that ran into a loop is decoded again without the earlier text in its prompt,
@@ -410,7 +437,8 @@ class WhisperRecognizer(Recognizer):
 
     def _decode_group(self, group: list[_Prepared]) -> tuple[list[Hypothesis], list[bool]]:
         features = np.ascontiguousarray(np.stack([p.features for p in group]))
-        encoded = self.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True)
+        encoder = self._encoder(group)
+        encoded = encoder.encode(ctranslate2.StorageView.from_array(features), to_cpu=True)
         languages = self._languages(encoded, group)
         prompts = []
         for p, language in zip(group, languages, strict=True):
@@ -457,6 +485,15 @@ class WhisperRecognizer(Recognizer):
             for p, tokens, times, language in zip(group, texts, timings, languages, strict=True)
         ]
         return hypotheses, loops
+
+    def _encoder(self, group: list[_Prepared]) -> ctranslate2.models.Whisper:
+        """The model that encodes `group`: every thread for a final when no other call runs
+        (`WhisperOptions.wide_encoder`), else the lane's own replica."""
+        if self._wide_encoder is None or not any(p.request.final for p in group):
+            return self.model
+        with self._calls_lock:
+            alone = self._calls_in_flight == 1
+        return self._wide_encoder if alone else self.model
 
     def _languages(self, encoded: ctranslate2.StorageView, group: list[_Prepared]) -> list[str]:
         """The language of each request: forced, kept from earlier decodes, or detected now."""

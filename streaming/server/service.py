@@ -278,6 +278,7 @@ class StreamingServer:
                 "largest_batch": stats.largest_batch,
                 "pending": self.worker.pending,
                 "failures": stats.failures,
+                "promoted": stats.promoted,
             },
         }
 

@@ -56,6 +56,36 @@ def test_committed_words_come_back_verbatim_and_are_continued(whisper, corpus):
     assert "dashwood" in join_words(hypothesis.words[3:]).lower()
 
 
+class CountingEncoder:
+    """Stands in for a CTranslate2 model that encodes: counts the calls, passes them on."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls = 0
+
+    def encode(self, *args, **kwargs):
+        self.calls += 1
+        return self.model.encode(*args, **kwargs)
+
+
+def test_a_final_alone_encodes_on_all_threads_to_the_same_words(whisper, corpus, monkeypatch):
+    """A final with no other call running uses the all-threads replica; a partial, or a final
+    beside another call, its lane's. The encoder output is bitwise the same either way, so the
+    hypothesis is too."""
+    wide = CountingEncoder(whisper._wide_encoder)
+    monkeypatch.setattr(whisper, "_wide_encoder", wide)
+    final = DecodeRequest(audio=corpus[8].samples(), final=True)
+    alone = whisper.decode([final])[0]
+    assert wide.calls == 1
+    whisper.decode([replace(final, final=False)])
+    assert wide.calls == 1
+    monkeypatch.setattr(whisper, "_calls_in_flight", 1)  # another lane is busy
+    beside = whisper.decode([final])[0]
+    assert wide.calls == 1
+    assert beside == alone
+    assert "dashwood" in join_words(alone.words).lower()
+
+
 def test_words_are_timed_in_order_inside_the_audio(whisper, corpus):
     """Word times are non-decreasing and within the segment's duration."""
     audio = corpus[8].samples()

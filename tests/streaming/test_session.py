@@ -492,8 +492,10 @@ def test_a_partial_in_flight_that_heard_the_whole_segment_becomes_its_final():
     d.audio(np.concatenate([silence(0.5), tone(2.4), silence(0.45)]))
     partial = d.session.next_request(step_ms=200)
     assert partial is not None and not partial.final
+    assert not d.session.final_in_flight  # the segment has not ended yet
     d.audio(silence(1.0))  # the endpoint arrives while the partial is out
     assert d.session.next_request() is None  # no final decode: the partial is awaited
+    assert d.session.final_in_flight  # ... and its answer is the final (the worker promotes it)
     d.session.complete(d.recognizer.decode([partial])[0])
     d.pump()
     assert [f["text"] for f in d.of("transcript.final")] == ["Go forward ten meters."]

@@ -131,6 +131,42 @@ async def test_finals_are_taken_before_partials_that_waited_longer():
     assert recognizer.calls == [["f"], ["p1"], ["p2"]]
 
 
+async def test_a_waiting_partial_promoted_to_a_final_goes_before_the_other_partials_once():
+    """A partial whose answer became its segment's final (`Session.final_in_flight`) is taken
+    with the finals; its entry among the partials is then skipped, so it runs exactly once."""
+    recognizer = Recording(lanes=1)
+    worker = ModelWorker(recognizer, max_batch=1)
+    partials = [request("p1"), request("p2"), request("p3")]
+    tasks = [asyncio.create_task(worker.decode(r)) for r in partials]
+    await asyncio.sleep(0)
+    assert worker.promote(partials[2])
+    assert not worker.promote(partials[2])  # once is enough
+    assert not worker.promote(request("p1"))  # an equal request that was never queued
+    worker.start()
+    try:
+        answers = await asyncio.gather(*tasks)
+    finally:
+        await worker.stop()
+    assert recognizer.calls == [["p3"], ["p1"], ["p2"]]
+    assert [a.words[0].text for a in answers] == ["p1", "p2", "p3"]
+
+
+async def test_a_partial_already_on_a_lane_is_not_promoted():
+    recognizer = Recording(lanes=1, hold_s=0.2)
+    worker = ModelWorker(recognizer, max_batch=1)
+    worker.start()
+    running = request("p1")
+    try:
+        task = asyncio.create_task(worker.decode(running))
+        await asyncio.sleep(0.1)  # the call is on the lane (held 0.2 s)
+        assert recognizer.calls == [["p1"]]
+        assert not worker.promote(running)
+        await task
+    finally:
+        await worker.stop()
+    assert recognizer.calls == [["p1"]]
+
+
 async def test_a_failing_batch_fails_only_its_culprit():
     recognizer = Recording(lanes=2)
     worker = ModelWorker(recognizer, max_batch=8)
@@ -232,6 +268,70 @@ async def test_a_final_goes_to_a_free_lane_while_its_segments_partial_still_runs
     finally:
         recognizer.release.set()
         await worker.stop()
+
+
+class HeldFirstCall(Recognizer):
+    """Scripted answers (partials are finals, as Whisper's); the first call is held until
+    `release`; records each call's requests by context ("session" for the session's own)."""
+
+    def __init__(self) -> None:
+        from tests.streaming.fakes import ScriptedRecognizer
+        from tests.streaming.test_session import SCRIPT
+
+        self.inner = ScriptedRecognizer(SCRIPT)
+        self.info = ModelInfo(
+            name="held", languages=frozenset({"en"}), word_timestamps=True, partial_is_final=True
+        )
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.calls: list[list[str]] = []
+
+    def decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
+        self.calls.append([r.context or "session" for r in requests])
+        if not self.started.is_set():
+            self.started.set()
+            assert self.release.wait(10.0)
+        return self.inner.decode(requests)
+
+
+async def test_a_waiting_partial_that_became_its_final_is_promoted_by_the_runner(monkeypatch):
+    """Under load a session's partial waits in the queue; when its segment ends and it heard
+    all of it, its answer is the final, and it runs before other streams' partials that
+    queued earlier (without the promotion it would run after them)."""
+    from streaming.runner import SessionRunner
+    from streaming.session import Session
+    from tests.streaming.fakes import frames, s16, silence, tone
+
+    recognizer = HeldFirstCall()
+    worker = ModelWorker(recognizer, max_batch=1)
+    # the segment holds 3.12 s (the tone, 0.3 s of silence the endpointer gives it, a little
+    # pre-roll): the session's partial, 3.2 s into it, heard all of it and comes before the
+    # endpoint (0.6 s of silence); with a 2.7 s step it would not and a final decode would run
+    monkeypatch.setattr(worker, "partial_step_ms", lambda step_ms, early_step_ms: 3200)
+    worker.start()
+    events: list = []
+    try:
+        blocker = asyncio.create_task(worker.decode(request("blocker")))
+        await asyncio.to_thread(recognizer.started.wait, 5.0)
+        others = [asyncio.create_task(worker.decode(request(f"o{i}"))) for i in (1, 2)]
+        runner = SessionRunner(Session("s", recognizer.info), worker, events.append)
+        for frame in frames(s16(np.concatenate([silence(0.5), tone(2.4), silence(1.2)])), 640):
+            runner.receive_audio(frame)
+            await asyncio.sleep(0)  # frames arrive one by one: queued requests get queued
+        assert worker.pending == 4  # o1, o2, the session's partial and its promoted entry
+        recognizer.release.set()
+        await asyncio.gather(blocker, *others)
+        for _ in range(200):
+            if any(e.type == "transcript.final" for e in events):
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        recognizer.release.set()
+        await worker.stop()
+    assert recognizer.calls == [["blocker"], ["session"], ["o1"], ["o2"]]
+    assert worker.stats.promoted == 1
+    finals = [e for e in events if e.type == "transcript.final"]
+    assert [f.text for f in finals] == ["Go forward ten meters."]
 
 
 async def test_the_partial_step_is_short_while_a_lane_is_spare_and_grows_with_the_queue():
