@@ -325,7 +325,7 @@ class Session:
         if self._in_flight is not None:
             if self._in_flight[1].final or not final or segment.covered:
                 return None  # (a covered segment's final needs no decode: `complete` emits it)
-            if self._heard_whole(segment, self._heard_by(*self._in_flight, None)):
+            if self.final_in_flight:
                 return None  # the partial in flight is the final (`complete` emits it)
             # The segment ended while its partial decode waits or runs: that answer can no
             # longer change anything (nothing of a partial that ran past the end is committed,

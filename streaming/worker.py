@@ -94,8 +94,9 @@ class ModelWorker:
         self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="recognizer")
         self._task: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()  # model calls running, one per busy lane
-        # requests waiting as partials, by identity, with their futures (`promote`)
-        self._waiting_partials: dict[int, tuple[DecodeRequest, asyncio.Future[Any]]] = {}
+        # futures of the partial requests queued and not yet answered, by the request's identity
+        # (`decode` holds the request meanwhile, so its id is not reused): `promote`
+        self._waiting_partials: dict[int, asyncio.Future[Any]] = {}
         self._taken: set[asyncio.Future[Any]] = set()  # futures of requests on a lane
 
     def start(self) -> None:
@@ -127,7 +128,7 @@ class ModelWorker:
         priority = FINAL if request.final else PARTIAL
         await self._queue.put((priority, next(self._order), request, future))
         if priority == PARTIAL:
-            self._waiting_partials[id(request)] = (request, future)
+            self._waiting_partials[id(request)] = future
         try:
             return await future
         finally:
@@ -136,11 +137,11 @@ class ModelWorker:
     def promote(self, request: DecodeRequest) -> bool:
         """Gives a partial request still waiting a final's priority (its answer will be its
         segment's final); whether it was promoted (not if it already runs or is answered)."""
-        waiting = self._waiting_partials.pop(id(request), None)
-        if waiting is None or waiting[0] is not request or waiting[1].done():
+        future = self._waiting_partials.pop(id(request), None)
+        if future is None or future.done() or future in self._taken:
             return False
         try:
-            self._queue.put_nowait((FINAL, next(self._order), request, waiting[1]))
+            self._queue.put_nowait((FINAL, next(self._order), request, future))
         except asyncio.QueueFull:
             return False
         self.stats.promoted += 1
@@ -210,9 +211,7 @@ class ModelWorker:
                 # skipped: cancelled (the session is gone or superseded the request), or the
                 # other entry of a promoted request, taken already
                 live = [item for item in batch if not item[3].done() and item[3] not in self._taken]
-                for item in live:
-                    self._taken.add(item[3])
-                    self._waiting_partials.pop(id(item[2]), None)
+                self._taken.update(item[3] for item in live)
                 if not live:
                     free_lanes.release()
                     continue
