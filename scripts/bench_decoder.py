@@ -59,6 +59,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from machine import describe  # scripts/ is on sys.path
 from make_tiny_checkpoint import train_byte_level_bpe  # scripts/ is on sys.path
 from tokenizers import AddedToken, Tokenizer
 
@@ -582,6 +583,7 @@ def main() -> None:
         help="--batched only: cuda measures bf16 streams on one GPU",
     )  # fmt: skip
     args = parser.parse_args()
+    print(f"Machine: {describe()}")
     if args.batched:
         batched_main(args)
         return

@@ -40,6 +40,7 @@ from typing import Any
 import ctranslate2
 import numpy as np
 import soundfile
+from machine import describe  # scripts/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -394,7 +395,12 @@ async def main() -> None:
     capacity_audio = np.tile(joined, repeats)[: int(args.capacity_seconds * 16000)]
     levels = [int(n) for n in args.streams.split(",") if n]
     server = Server(args.model, max(levels, default=1) + 1, args.serve_args.split())
-    results: dict[str, Any] = {"model": args.model, "sets": {}, "capacity": []}
+    results: dict[str, Any] = {
+        "model": args.model,
+        "machine": describe(),
+        "sets": {},
+        "capacity": [],
+    }
     try:
         for name, recordings in sets.items():
             before = server.health()["decoder"]["busy_s"]
@@ -429,6 +435,7 @@ async def main() -> None:
 
 def report(results: dict[str, Any]) -> None:
     print(f"\n### Streaming, {results['model']}, {os.cpu_count()} cores (P50 / P95, ms)\n")
+    print(f"Machine: {results.get('machine', 'not recorded')}\n")
     print("| set | WER streaming | offline greedy | offline greedy, no fallback | offline beam 5 "
           "| commit latency | first partial | finalize | revision rate | violations |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -13,8 +13,11 @@ between cores), and two single-thread replicas side by side finish a request eve
 (BENCHMARKS.md, "Model lanes"). A lane that frees up takes the waiting finals, up to
 `max_batch`, alone; or else the partials, as its share of those waiting (`1/lanes` of them, up to
 `max_batch`). So calls stay short, and a final waits for at most one running call, never for
-partials batched with it. With one lane (Qwen3-ASR, whose streams share lockstep batches) a
-batch takes every waiting partial up to `max_batch`.
+partials batched with it. With several lanes each final takes a call of its own: two finals in
+one call both wait for the pair (tiny.en, four 26 s segments' finals on one thread: 355-492 ms
+alone, 684-794 ms as a pair, 0.87-0.95 of the two alone), while the second lane, busy with a
+partial, frees up in about half a partial call. With one lane (Qwen3-ASR, whose streams share
+lockstep batches) a batch takes every waiting request of a kind up to `max_batch`.
 
 Besides decode requests the worker runs *jobs*: any other model work (one window of a whole-file
 transcription for the HTTP face) as a callable, alone on one lane, after every waiting final and
@@ -202,6 +205,8 @@ class ModelWorker:
                 limit = self.max_batch
                 if first[0] == PARTIAL:
                     limit = min(limit, math.ceil((1 + self._queue.qsize()) / self.lanes))
+                elif self.lanes > 1:
+                    limit = 1  # the next final takes the next free lane (module docstring)
                 while len(batch) < limit and not self._queue.empty():
                     item = self._queue.get_nowait()
                     if item[0] != first[0]:  # another kind: back to wait for its own call

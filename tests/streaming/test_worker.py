@@ -111,6 +111,21 @@ async def test_finals_go_in_calls_of_their_own():
     assert recognizer.calls == [["f1", "f2"], ["p1", "p2", "p3"]]
 
 
+async def test_with_two_lanes_two_waiting_finals_run_side_by_side_not_in_one_call():
+    """A pair of finals in one call would both wait for the pair; on two lanes each takes one."""
+    recognizer = Recording(lanes=2, together=2)  # each call waits until two run at once
+    worker = ModelWorker(recognizer, max_batch=8)
+    try:
+        answers = await queued_then_started(
+            worker, [request("f1", final=True), request("f2", final=True)]
+        )
+    finally:
+        await worker.stop()
+    assert [a.words[0].text for a in answers] == ["f1", "f2"]  # type: ignore[union-attr]
+    assert sorted(recognizer.calls) == [["f1"], ["f2"]]
+    assert recognizer.most_at_once == 2
+
+
 async def test_with_one_lane_the_waiting_requests_share_one_call_up_to_max_batch():
     recognizer = Recording(lanes=1)
     worker = ModelWorker(recognizer, max_batch=3)
