@@ -10,7 +10,8 @@ stream that keeps up.
 The result is reproducible, which real-time runs are not (their step points depend on timing),
 so it isolates what a recognizer change does to accuracy; real-time behaviour is
 `scripts/bench_stream.py`'s job. `--no-recheck` turns off the recheck of skipped speech
-(`streaming.models.whisper.uncovered_word`) to measure what it changes. English files only.
+(`streaming.models.whisper.uncovered_word`), `--no-tail` the decode of a tail the words stop
+short of (`uncovered_tail`), to measure what each changes. English files only.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sets", default="long,synthetic")
     parser.add_argument("--no-recheck", action="store_true")
+    parser.add_argument(
+        "--no-tail", action="store_true", help="no decode of a tail the words stop short of"
+    )
     parser.add_argument("--decode-ms", type=int, default=0, help="audio arriving per decode")
     parser.add_argument("--step-ms", type=int, default=1000, help="audio between partials")
     parser.add_argument("--files", help="only these file names, comma-separated")
@@ -116,6 +120,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.no_recheck:
         whisper_module.UNCOVERED_MS = 10**9
+    if args.no_tail:
+        whisper_module.TAIL_MS = 10**9
     recognizer = load_recognizer("tiny.en")
     if args.no_prompt_reset:
         assert isinstance(recognizer, whisper_module.WhisperRecognizer)

@@ -109,6 +109,14 @@ MIN_PREFIX_WORDS = 2
 UNCOVERED_MS = 700
 CLAUSE_MARKS = frozenset(",.;:?!")
 LIVE_EDGE_MS = 100
+# audio after a decode's last word that means it stopped before the speech did (`uncovered_tail`)
+# (a segment ends 0.3 s after its last voiced frame, so a real pause inside one is shorter),
+# how far before that word's end the tail's decode starts (an alignment error there clips the
+# next word's onset: "And Mr. John ..." came back without "And" at 0 ms, whole at 150 and 300),
+# and how many tail decodes one decode may chain while each finds more words
+TAIL_MS = 2000
+TAIL_MARGIN_MS = 150
+TAIL_ROUNDS = 3
 
 
 def encoder_window(frames: int, shortest_s: float = 15.0) -> int:
@@ -236,6 +244,7 @@ class _Prepared:
     prefix: list[int]  # committed text tokens inside the window
     budget: int  # new tokens allowed
     earlier: bool  # the prompt holds earlier text (not only the client's context)
+    tail: bool = False  # the decode of an uncovered tail (`_decode_tails`)
 
 
 class WhisperRecognizer(Recognizer):
@@ -343,6 +352,45 @@ class WhisperRecognizer(Recognizer):
             merged = merge_recheck(answers[i].words, again.words, n, cuts[i])
             if merged is not None:
                 answers[i] = dataclasses.replace(answers[i], words=merged)
+        return self._decode_tails(requests, answers)
+
+    def _decode_tails(
+        self, requests: Sequence[DecodeRequest], answers: list[Hypothesis]
+    ) -> list[Hypothesis]:
+        """Decodes the audio a decode's words stop short of (`uncovered_tail`) and appends it.
+
+        After a sentence that ends a conversation ("Thank you very much. Goodbye. Goodbye.")
+        tiny.en ends its text there, even when the window goes on with seconds of speech of the
+        next speaker, in partials and finals alike: a final of 14-22 s of such audio came back
+        with nothing after "Goodbye." (BENCHMARKS.md, "Speech after a goodbye"). The tail is
+        decoded on its own, the words so far as its previous-text prompt and none forced, so
+        there is no ending to stop after; its words are appended (the answer's own words and
+        its state stay as they are); a tail decode below Whisper's log-probability threshold gives
+        none (noise the endpointer took for voice, where tiny.en repeats the prompt's last
+        words). A tail decode that stops early again is followed by another, up to `TAIL_ROUNDS`,
+        while each finds more words.
+        """
+        pending = set(range(len(requests)))
+        for _ in range(TAIL_ROUNDS):
+            tails: list[_Prepared] = []
+            for i in sorted(pending):
+                answer = answers[i]
+                assert isinstance(answer.state, WhisperSegmentState)
+                start = uncovered_tail(answer.words, requests[i].duration_ms)
+                if start is None or start <= answer.state.anchor_ms:
+                    pending.discard(i)  # covered, or the tail is the decode's own window
+                    continue
+                state = WhisperSegmentState(answer.state.language, start, len(answer.words))
+                rest = dataclasses.replace(requests[i], committed=answer.words, state=state)
+                tails.append(dataclasses.replace(self._prepare(i, rest), tail=True))
+            if not tails:
+                break
+            for tail, again in zip(tails, self._decode_prepared(tails)[0], strict=True):
+                i = tail.index
+                if len(again.words) > len(answers[i].words):
+                    answers[i] = dataclasses.replace(answers[i], words=again.words)
+                else:
+                    pending.discard(i)
         return answers
 
     def _decode_prepared(self, prepared: list[_Prepared]) -> tuple[list[Hypothesis], list[bool]]:
@@ -474,6 +522,12 @@ class WhisperRecognizer(Recognizer):
                 and result.no_speech_prob > NO_SPEECH_PROBABILITY
                 and result.scores[0] < NO_SPEECH_LOGPROB
             )
+            # a tail's decode (`_decode_tails`) is a second look at audio the first decode took
+            # for the end: its text is kept only above Whisper's log-probability threshold
+            # (below it Whisper takes a decode for failed). Measured: real speech after a
+            # goodbye -0.10 to -0.12; the prompt's last words repeated over noise the
+            # endpointer took for voice ("10 meters 10 meters") -1.4 to -4.3
+            silent = silent or (p.tail and result.scores[0] < NO_SPEECH_LOGPROB)
             texts.append(p.prefix + ([] if silent else new))
         timings = self._align(encoded, group, texts, languages)
         hypotheses = [
@@ -632,6 +686,28 @@ def uncovered_word(words: Sequence[Word], committed: int, duration_ms: int) -> W
     if stretched and _ends_clause(word.text) and word.end_ms < duration_ms - LIVE_EDGE_MS:
         return word
     return None
+
+
+def uncovered_tail(words: Sequence[Word], duration_ms: int) -> int | None:
+    """Where to decode again from when the words end `TAIL_MS` or more before the audio does.
+
+    Inside a segment a pause is shorter than that (the endpointer ends the segment), so such a
+    tail holds speech the decode stopped short of, or noise the endpointer took for voice, which
+    the tail's log-probability rule then drops. Where the text stops short, the alignment often
+    stretches its last word over the speech that follows ("Goodbye." over 4.1-12.9 s), so the
+    last word is taken to end at most `UNCOVERED_MS` after it starts (the longest word of the
+    exact boundaries in tests/data/word_boundaries lasts 563 ms; a number read as one word,
+    "555-1212.", can last longer, and a tail after it then starts inside it: measured with the
+    sets in BENCHMARKS.md). The tail starts `TAIL_MARGIN_MS` before that end. None when the
+    words reach the audio's end, or when there are none.
+    """
+    if not words:
+        return None
+    last = words[-1]
+    end = min(last.end_ms, last.start_ms + UNCOVERED_MS)
+    if duration_ms - end < TAIL_MS:
+        return None
+    return max(0, end - TAIL_MARGIN_MS)
 
 
 def _ends_clause(text: str) -> bool:

@@ -328,3 +328,80 @@ def test_a_decode_pulled_into_a_loop_by_its_prompt_is_decoded_again_without_it(
     monkeypatch.setattr(whisper, "options", replace(whisper.options, reset_prompt_on_loop=False))
     looped = whisper.decode([request])[0].words
     assert len(looped) <= 3, looped  # the loss itself, so that this test can fail
+
+
+GOODBYE_THEN_AUSTEN = (
+    "the first the second and the third thank you thank you very much goodbye goodbye and mister "
+    "john dashwood had then leisure to consider how much there might be prudently in his power "
+    "to do for them he was not an ill disposed young man"
+)
+
+
+def goodbye_then_austen() -> np.ndarray:
+    """The end of the account call ("... Thank you very much. Goodbye. Goodbye.") followed at
+    once by the Austen reading: 16.7 s, as one segment of a call-center tap would hold them."""
+    account, _ = read_wav(DATA_DIR / "long" / "account.wav")
+    return np.concatenate([account[int(16.5 * 16_000) :], long_form("austen_joined.wav", 11.0)])
+
+
+def test_speech_after_a_goodbye_is_kept_in_a_final(whisper, monkeypatch):
+    """tiny.en ends its text after "Goodbye." although 11 s of speech follow; the alignment
+    stretches "Goodbye." over them. The tail is decoded again (`uncovered_tail`), so the final
+    keeps every word; without it the final lost all 29 words after the goodbyes."""
+    import streaming.models.whisper as whisper_module
+
+    request = DecodeRequest(audio=goodbye_then_austen(), final=True)
+    text = join_words(whisper.decode([request])[0].words)
+    assert deletions(GOODBYE_THEN_AUSTEN, text) <= 2, text
+    monkeypatch.setattr(whisper_module, "TAIL_MS", 10**9)  # no tail decode: the loss itself
+    stopped = join_words(whisper.decode([request])[0].words)
+    assert deletions(GOODBYE_THEN_AUSTEN, stopped) >= 25, stopped
+
+
+def test_partials_go_on_after_a_goodbye(whisper):
+    """Streamed at 1 s steps, the words after the goodbyes show within 3 s of them, not after
+    15 s of silence on screen (which the stopped decodes gave until the window grew to 20 s)."""
+    import json
+
+    from streaming.session import Limits, Session
+
+    samples = (goodbye_then_austen() * 32767).astype(np.int16)
+    session = Session("goodbye", whisper.info, limits=Limits(step_ms=1000))
+    session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
+    shown_at: float | None = None
+    for start in range(0, 10 * 16_000, 640):  # the goodbyes end at 5.2 s; 10 s are sent
+        session.receive_audio(samples[start : start + 640].tobytes())
+        while (request := session.next_request()) is not None:
+            hypothesis = whisper.decode([request])[0]
+            session.complete(hypothesis)
+            if shown_at is None and "dashwood" in normalize(join_words(hypothesis.words)):
+                shown_at = len(request.audio) / 16_000
+    assert shown_at is not None and shown_at <= 8.0, shown_at
+
+
+def test_a_tail_of_noise_adds_no_words(whisper, corpus, monkeypatch):
+    """A decode whose audio ends in 3 s of noise the endpointer takes for voice (webrtcvad
+    calls white noise at -45 dBFS voiced) decodes that tail too. tiny.en repeats the prompt's
+    last words over it ("go forward 10 meters 10 meters 10 meters"); below Whisper's
+    log-probability threshold the tail's text is dropped, so nothing is added."""
+    import streaming.models.whisper as whisper_module
+
+    audio = corpus[7].samples()  # "go forward ten meters"
+    noise = np.random.default_rng(0).standard_normal(3 * 16_000) * 10 ** (-45 / 20)
+    request = DecodeRequest(audio=np.concatenate([audio, noise.astype(np.float32)]))
+    words = whisper.decode([request])[0].words
+    assert normalize(join_words(words)) == ["go", "forward", "ten", "meters"]
+    monkeypatch.setattr(whisper_module, "NO_SPEECH_LOGPROB", -1e9)  # every tail text kept
+    repeated = normalize(join_words(whisper.decode([request])[0].words))
+    assert len(repeated) > 4, repeated  # the repetition the threshold drops
+
+
+def test_an_uncovered_tail_starts_where_the_last_word_plausibly_ends():
+    from streaming.models.whisper import TAIL_MARGIN_MS, uncovered_tail
+
+    spoken = (Word(" Thank", 0, 300), Word(" you.", 300, 600))
+    assert uncovered_tail(spoken, 2_500) is None  # a pause shorter than a segment's end
+    assert uncovered_tail(spoken, 2_700) == 600 - TAIL_MARGIN_MS  # speech the words stop short of
+    stretched = (Word(" Goodbye.", 4_120, 12_920),)  # the alignment gave it the rest
+    assert uncovered_tail(stretched, 16_000) == 4_120 + 700 - TAIL_MARGIN_MS
+    assert uncovered_tail((), 16_000) is None

@@ -121,7 +121,7 @@ async def test_with_two_lanes_two_waiting_finals_run_side_by_side_not_in_one_cal
         )
     finally:
         await worker.stop()
-    assert [a.words[0].text for a in answers] == ["f1", "f2"]  # type: ignore[union-attr]
+    assert [a.words[0].text for a in answers] == ["f1", "f2"]
     assert sorted(recognizer.calls) == [["f1"], ["f2"]]
     assert recognizer.most_at_once == 2
 
