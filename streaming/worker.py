@@ -10,8 +10,8 @@ recognizer keeps one single-threaded CTranslate2 replica per core). Measured on 
 reference machine, tiny.en: one decode of a 12 s window costs 812 ms on one replica with two
 threads and 430 ms on a single thread (a decoder step of a small model is too short to share
 between cores), and two single-thread replicas side by side finish a request every 224 ms
-(BENCHMARKS.md, "Model lanes"). A lane that frees up takes the waiting finals, up to
-`max_batch`, alone; or else the partials, as its share of those waiting (`1/lanes` of them, up to
+(BENCHMARKS.md, "Model lanes"). A lane that frees up takes the waiting finals, never with a
+partial; or else the partials, as its share of those waiting (`1/lanes` of them, up to
 `max_batch`). So calls stay short, and a final waits for at most one running call, never for
 partials batched with it. With several lanes each final takes a call of its own: two finals in
 one call both wait for the pair (tiny.en, four 26 s segments' finals on one thread: 355-492 ms
@@ -198,7 +198,7 @@ class ModelWorker:
                 call = self._run_job(first[2], first[3])
             else:
                 batch = [first]
-                # Finals go alone (with other finals): a partial riding along would hold up a
+                # Finals go without partials: a partial riding along would hold up a
                 # user waiting on the final (measured: a final in a batch of four partials took
                 # 2.2 s instead of 0.6). Partials go as one lane's share of those waiting, so
                 # that the calls stay short and a final never waits long for a free lane.
