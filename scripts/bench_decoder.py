@@ -3,6 +3,7 @@
     python scripts/bench_decoder.py [--quick] [--modes float32 bfloat16 int8] [--window 4]
         [--threads 2] [--repeats 3] [--json out.json]
     python scripts/bench_decoder.py --batched [--streams 1 2 3 4 8] [--device cuda]
+    python scripts/bench_decoder.py --encoder-batch [--streams 1 2 3 4]
 
 Models: Qwen3-ASR-0.6B shapes (encoder 18 x 896, LLM 28 x 1024, vocabulary 151936, tied head)
 with random weights; the cost does not depend on their values. The tokenizer is a byte-level BPE
@@ -69,6 +70,7 @@ from decoder.generate import decode, prefill
 from decoder.loader import QwenModel, quantize_model
 from decoder.model import QwenDecoder
 from decoder.prompt import LANGUAGE_NAMES, build_prompt, language_prefill
+from decoder.quant import quantize_linears
 from decoder.recognizer import QwenOptions, QwenRecognizer, QwenSegmentState
 from decoder.stream import append_stable, continue_stream, open_stream
 from decoder.tokenizer import QwenTokenizer
@@ -512,6 +514,59 @@ def batched_bf16_main(args: argparse.Namespace, device: str = "cuda") -> None:
         args.json.write_text(json.dumps(figures, indent=2))
 
 
+def encoder_batch_main(args: argparse.Namespace) -> None:
+    """--encoder-batch: the encoder steps of a batch through `step_many` or one by one.
+
+    Each stream is 2.5 s into its segment (its own speech) and steps 1 s further, so its open
+    window holds 3.5 s of a 4 s window, the typical partial step of a lockstep round. Plain int8
+    (fbgemm's input quantization, what the encoder ships with) against row-invariant int8 (the
+    decoder's batch-invariant rounding); bitwise: whether every stream's output in the batch
+    equals its output alone.
+    """
+    torch.set_num_threads(args.threads)
+    pool, words = corpus()
+    tokenizer = bench_tokenizer(words)
+    encoder_fp32, decoder_fp32 = base_models()
+    command = "python scripts/bench_decoder.py " + " ".join(sys.argv[1:])
+    print(f"`{command}` (torch {torch.__version__}, {args.threads} threads, window "
+          f"{args.window} s, median of {args.repeats})\n")  # fmt: skip
+    print("| encoder int8 | streams | one by one (ms) | `step_many` (ms) | bitwise as alone |")
+    print("|---|---|---|---|---|")
+    for row_invariant in (False, True):
+        encoder = copy.deepcopy(encoder_fp32)
+        quantize_linears(encoder, skip=("conv.conv_out",), row_invariant=row_invariant)
+        model = with_window(
+            QwenModel(encoder, decoder_fp32, tokenizer, frozenset(), (), 512, "int8"),
+            args.window,
+        )
+        fe, enc = model.front_end, model.encoder
+        for streams in args.streams:
+            frames, states = [], []
+            for k in range(streams):
+                audio = np.roll(pool, -k * 3 * SAMPLE_RATE)[: int(3.5 * SAMPLE_RATE)]
+                front, state = fe.initial_state(), enc.initial_state()
+                first, front = fe.step(audio[: int(2.5 * SAMPLE_RATE)], front)
+                _, state = enc.step(first, state)
+                frames.append(fe.step(audio[int(2.5 * SAMPLE_RATE) :], front)[0])
+                states.append(state)
+            pairs = list(zip(frames, states, strict=True))
+            alone = timed(functools.partial(_step_each, enc, pairs), args.repeats)
+            together = timed(functools.partial(enc.step_many, frames, states), args.repeats)
+            outputs = enc.step_many(frames, states)[0]
+            same = all(
+                torch.equal(enc.step(f, s)[0].tentative, out.tentative)
+                for (f, s), out in zip(pairs, outputs, strict=True)
+            )
+            kind = "row-invariant" if row_invariant else "plain (shipped)"
+            print(f"| {kind} | {streams} | {alone:.0f} | {together:.0f} "
+                  f"| {'yes' if same else 'no'} |", flush=True)  # fmt: skip
+
+
+def _step_each(encoder: AudioEncoder, pairs: list[tuple[torch.Tensor, Any]]) -> None:
+    for frames, state in pairs:
+        encoder.step(frames, state)
+
+
 def batched_main(args: argparse.Namespace) -> None:
     """--batched: concurrent int8 streams batched against one by one (issue 13)."""
     if args.device == "cuda":
@@ -576,6 +631,10 @@ def main() -> None:
         "--batched", action="store_true",
         help="only the cross-stream batching figures (int8, --streams, issue 13)",
     )  # fmt: skip
+    parser.add_argument(
+        "--encoder-batch", action="store_true",
+        help="only the encoder: a batch's steps through step_many against one by one",
+    )  # fmt: skip
     parser.add_argument("--streams", type=int, nargs="*", default=[1, 2, 3, 4, 8])
     parser.add_argument("--batched-seconds", type=float, default=30.0)
     parser.add_argument(
@@ -586,6 +645,9 @@ def main() -> None:
     print(f"Machine: {describe()}")
     if args.batched:
         batched_main(args)
+        return
+    if args.encoder_batch:
+        encoder_batch_main(args)
         return
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
