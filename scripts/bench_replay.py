@@ -2,6 +2,7 @@
 
     python scripts/bench_replay.py [--sets long,synthetic] [--no-recheck] [--out hyps.jsonl]
         [--decode-ms MS] [--joined] [--no-prompt-reset] [--step-ms MS] [--final-decodes]
+        [--folder DIR] [--no-partials] [--offline]
 
 Each file is fed sans-I/O to a `streaming.session.Session` in 40 ms frames (plus 1 s of
 silence), and every decode request it makes is answered at once by the default Whisper
@@ -11,7 +12,11 @@ The result is reproducible, which real-time runs are not (their step points depe
 so it isolates what a recognizer change does to accuracy; real-time behaviour is
 `scripts/bench_stream.py`'s job. `--no-recheck` turns off the recheck of skipped speech
 (`streaming.models.whisper.uncovered_word`), `--no-tail` the decode of a tail the words stop
-short of (`uncovered_tail`), to measure what each changes. English files only.
+short of (`uncovered_tail`), to measure what each changes. `--no-partials` replays sessions that
+asked for finals only (`"partials": false`): every segment is then one stateless final decode.
+`--folder` replays any folder with a manifest.tsv (file, reference columns), such as a fresh
+held-out set from `scripts/make_synthetic_speech.py --heldout`; `--offline` adds the WER of
+`transcribe --offline` (faster-whisper's own pipeline, greedy) on the same files. English only.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import streaming.models.whisper as whisper_module  # noqa: E402
 from streaming.models.loading import load_recognizer  # noqa: E402
-from streaming.recognizer import Recognizer  # noqa: E402
+from streaming.recognizer import OfflineOptions, Recognizer  # noqa: E402
 from streaming.scoring import corpus_wer  # noqa: E402
 from streaming.session import Limits, Session  # noqa: E402
 
@@ -57,7 +62,11 @@ def read(path: Path) -> np.ndarray:
 
 
 def replay(
-    recognizer: Recognizer, samples: np.ndarray, decode_ms: int = 0, step_ms: int = 1000
+    recognizer: Recognizer,
+    samples: np.ndarray,
+    decode_ms: int = 0,
+    step_ms: int = 1000,
+    partials: bool = True,
 ) -> tuple[str, int]:
     """The finals' text of one session over `samples`, and the decode requests it made.
 
@@ -65,7 +74,8 @@ def replay(
     once; more emulates a loaded decoder, whose requests come later and cover longer steps.
     """
     session = Session("replay", recognizer.info, limits=Limits(step_ms=step_ms))
-    session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
+    hello = {"type": "session.start", "language": "en", "partials": partials}
+    session.receive_text(json.dumps(hello))
     requests, busy_until, now = 0, 0, 0
 
     def answer(flush: bool = False) -> None:
@@ -99,6 +109,13 @@ def main() -> None:
     parser.add_argument("--decode-ms", type=int, default=0, help="audio arriving per decode")
     parser.add_argument("--step-ms", type=int, default=1000, help="audio between partials")
     parser.add_argument("--files", help="only these file names, comma-separated")
+    parser.add_argument("--folder", type=Path, help="replay this folder's manifest.tsv instead")
+    parser.add_argument(
+        "--no-partials", action="store_true", help='sessions with "partials": false'
+    )
+    parser.add_argument(
+        "--offline", action="store_true", help="also the WER of transcribe --offline"
+    )
     parser.add_argument("--out", type=Path, help="append each file's text here (JSON lines)")
     parser.add_argument(
         "--joined",
@@ -140,17 +157,23 @@ def main() -> None:
     print(f"`python scripts/bench_replay.py {' '.join(sys.argv[1:])}`\n")
     print("| set | files | WER | session decodes | model decodes (rechecks) | seconds |")
     print("|---|---|---|---|---|---|")
-    for name in args.sets.split(","):
+    sets = {name: SETS[name] for name in args.sets.split(",")}
+    if args.folder:
+        sets = {args.folder.name: args.folder}
+    for name, folder in sets.items():
         pairs, requests, model_calls, began = [], 0, 0, time.perf_counter()
-        items = [(path, reference) for path, reference in manifest(SETS[name])
+        items = [(path, reference) for path, reference in manifest(folder)
                  if not args.files or path.name in args.files.split(",")]  # fmt: skip
+        files = list(items)
         if args.joined:
             silence = np.zeros(16_000, np.int16)
             joined = np.concatenate([x for path, _ in items for x in (read(path), silence)])
             items = [(Path(f"{name}-joined"), " ".join(reference for _, reference in items))]
         for path, reference in items:
             samples = joined if args.joined else read(path)
-            text, count = replay(recognizer, samples, args.decode_ms, args.step_ms)
+            text, count = replay(
+                recognizer, samples, args.decode_ms, args.step_ms, not args.no_partials
+            )
             pairs.append((reference, text))
             requests += count
             if args.out:
@@ -160,6 +183,20 @@ def main() -> None:
         print(f"| {name} | {len(pairs)} | {100 * wer:.2f} % | {requests} "
               f"| {model_calls} ({model_calls - requests}) "
               f"| {time.perf_counter() - began:.0f} |", flush=True)  # fmt: skip
+        if args.offline:
+            print(f"| {name}, `transcribe --offline` | {len(files)} "
+                  f"| {100 * offline_wer(recognizer, files):.2f} % | | | |")  # fmt: skip
+
+
+def offline_wer(recognizer: Recognizer, items: list[tuple[Path, str]]) -> float:
+    """Pooled WER of the recognizer's whole-file pipeline (greedy) on the files."""
+    pairs = []
+    for path, reference in items:
+        samples = read(path).astype(np.float32) / 32768
+        segments = recognizer.transcribe_offline(samples, OfflineOptions(language="en"))
+        assert segments is not None, "this recognizer has no whole-file pipeline"
+        pairs.append((reference, " ".join(s.text for s in segments)))
+    return corpus_wer(pairs).wer
 
 
 if __name__ == "__main__":
