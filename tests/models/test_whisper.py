@@ -363,6 +363,40 @@ def test_speech_after_a_goodbye_is_kept_in_a_final(whisper, monkeypatch):
     assert deletions(GOODBYE_THEN_AUSTEN, stopped) >= 25, stopped
 
 
+def test_a_finals_only_session_keeps_speech_after_a_goodbye(whisper, monkeypatch):
+    """A session that asked for finals only (`"partials": false`) has no partial to find the
+    speech after the goodbyes: the endpointer keeps the 16.7 s as one segment and its final is
+    one stateless decode, the case the tail decode exists for. Every word comes back; without
+    the tail decode the final ends at "Goodbye." (BENCHMARKS.md, "Held-out speech")."""
+    import json
+
+    import streaming.models.whisper as whisper_module
+    from streaming.session import Session
+
+    samples = (goodbye_then_austen() * 32767).astype(np.int16)
+    samples = np.concatenate([samples, np.zeros(16_000, np.int16)])
+
+    def finals() -> list[str]:
+        session = Session("finals-only", whisper.info)
+        start = {"type": "session.start", "language": "en", "partials": False}
+        session.receive_text(json.dumps(start))
+        for begin in range(0, len(samples), 640):
+            session.receive_audio(samples[begin : begin + 640].tobytes())
+            while (request := session.next_request()) is not None:
+                assert request.final and not request.committed
+                session.complete(whisper.decode([request])[0])
+        session.receive_text(json.dumps({"type": "input.end"}))
+        while (request := session.next_request()) is not None:
+            session.complete(whisper.decode([request])[0])
+        events = [e.to_wire("finals-only", 0) for e in session.events_to_send()]
+        assert not [e for e in events if e["type"] == "transcript.partial"]
+        return [e["text"] for e in events if e["type"] == "transcript.final"]
+
+    assert deletions(GOODBYE_THEN_AUSTEN, " ".join(finals())) <= 2
+    monkeypatch.setattr(whisper_module, "TAIL_MS", 10**9)  # no tail decode: the loss itself
+    assert deletions(GOODBYE_THEN_AUSTEN, " ".join(finals())) >= 25
+
+
 def test_partials_go_on_after_a_goodbye(whisper):
     """Streamed at 1 s steps, the words after the goodbyes show within 3 s of them, not after
     15 s of silence on screen (which the stopped decodes gave until the window grew to 20 s)."""
