@@ -306,6 +306,32 @@ def test_a_recheck_only_ever_adds_words():
     assert merged is not None and normalize(join_words(merged[3:])) == ["and", "for", "the"]
 
 
+def test_a_recheck_takes_no_words_stacked_at_its_cut():
+    """Served at 4 streams, a recheck of the espeak-ng shopping list ("... two bags of pasta, and
+    one bag of salt. Do not forget the coffee") ran on past its audio with the list it had just
+    heard, every word stacked on the cut; merged, and agreed by the next partial, the repeat was
+    committed. Words from a decode recorded then (ms): none of those stacked at the cut is
+    taken, and the recheck, left with nothing new, changes nothing."""
+    from streaming.models.whisper import merge_recheck, uncovered_word
+
+    def words(*spec: tuple[str, int, int]) -> tuple[Word, ...]:
+        return tuple(Word(t, s, e) for t, s, e in spec)
+
+    committed = words((" and", 17100, 17300), (" one", 17300, 17600), (" mag", 17600, 17800),
+                      (" on", 17800, 18100))  # fmt: skip
+    original = committed + words(
+        (" salt.", 18100, 18800), (" Do", 18800, 18900), (" not", 18900, 19100),
+        (" forget", 19100, 19400), (" the", 19400, 19700), (" cake.", 19700, 19700),
+    )  # fmt: skip
+    assert uncovered_word(original, 4, 19720) == original[4]
+    recheck = committed + words(
+        (" salt,", 18100, 18700), (" two", 18700, 18800), (" mags", 18800, 18800),
+        (" on", 18800, 18800), (" rice,", 18800, 18800), (" two", 18800, 18800),
+        (" mags", 18800, 18800), (" on", 18800, 18800), (" beans,", 18800, 18800),
+    )  # fmt: skip
+    assert merge_recheck(original, recheck, 4, 18800) is None
+
+
 COUNTING_TEXT = (
     "Let us count together. 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, now backwards. 10, 9, 8, 7, 6, 5, 4, "
     "3, 2, 1, and in pairs. 1, 1, 2, 2, 3, 3, 4, 4, that is all."
