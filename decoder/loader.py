@@ -300,10 +300,18 @@ def quantize_model(
     """
     quantize_linears(decoder, row_invariant=batch_invariant)
     decoder.kv_dtype = torch.bfloat16
-    # The encoder's conv_out sees the conv features of every chunk; its error would feed every
-    # layer, and it is a small part of the encoder's time, so it stays in fp32. The encoder
-    # steps one stream at a time, so it keeps fbgemm's plain (cheaper) input quantization.
-    quantize_linears(encoder, skip=("conv.conv_out",), row_invariant=False)
+    # The encoder steps one stream at a time, so it keeps fbgemm's plain (cheaper) input
+    # quantization (batching its steps was measured and not adopted: BENCHMARKS.md).
+    quantize_encoder(encoder, row_invariant=False)
+
+
+def quantize_encoder(encoder: AudioEncoder, *, row_invariant: bool) -> None:
+    """Turns the encoder's Linear layers into `Int8Linear`s, in place.
+
+    The conv_out projection sees the conv features of every chunk; its error would feed every
+    layer, and it is a small part of the encoder's time, so it stays in fp32.
+    """
+    quantize_linears(encoder, skip=("conv.conv_out",), row_invariant=row_invariant)
 
 
 def _generation_settings(directory: Path, tokenizer: QwenTokenizer) -> tuple[frozenset[int], int]:

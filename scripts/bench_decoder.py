@@ -67,10 +67,9 @@ from tokenizers import AddedToken, Tokenizer
 from decoder.config import QWEN3_0_6B
 from decoder.fixed_rows import use_fixed_rows
 from decoder.generate import decode, prefill
-from decoder.loader import QwenModel, quantize_model
+from decoder.loader import QwenModel, quantize_encoder, quantize_model
 from decoder.model import QwenDecoder
 from decoder.prompt import LANGUAGE_NAMES, build_prompt, language_prefill
-from decoder.quant import quantize_linears
 from decoder.recognizer import QwenOptions, QwenRecognizer, QwenSegmentState
 from decoder.stream import append_stable, continue_stream, open_stream
 from decoder.tokenizer import QwenTokenizer
@@ -534,7 +533,7 @@ def encoder_batch_main(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|")
     for row_invariant in (False, True):
         encoder = copy.deepcopy(encoder_fp32)
-        quantize_linears(encoder, skip=("conv.conv_out",), row_invariant=row_invariant)
+        quantize_encoder(encoder, row_invariant=row_invariant)
         model = with_window(
             QwenModel(encoder, decoder_fp32, tokenizer, frozenset(), (), 512, "int8"),
             args.window,

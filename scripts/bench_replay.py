@@ -157,14 +157,16 @@ def main() -> None:
     print(f"`python scripts/bench_replay.py {' '.join(sys.argv[1:])}`\n")
     print("| set | files | WER | session decodes | model decodes (rechecks) | seconds |")
     print("|---|---|---|---|---|---|")
-    sets = {name: SETS[name] for name in args.sets.split(",")}
-    if args.folder:
-        sets = {args.folder.name: args.folder}
+    sets = (
+        {args.folder.name: args.folder}
+        if args.folder
+        else {name: SETS[name] for name in args.sets.split(",")}
+    )
     for name, folder in sets.items():
         pairs, requests, model_calls, began = [], 0, 0, time.perf_counter()
         items = [(path, reference) for path, reference in manifest(folder)
                  if not args.files or path.name in args.files.split(",")]  # fmt: skip
-        files = list(items)
+        files = items  # the recordings themselves, before --joined replaces them
         if args.joined:
             silence = np.zeros(16_000, np.int16)
             joined = np.concatenate([x for path, _ in items for x in (read(path), silence)])
