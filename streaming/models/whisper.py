@@ -315,21 +315,7 @@ class WhisperRecognizer(Recognizer):
 
     def _decode(self, requests: Sequence[DecodeRequest]) -> list[Hypothesis]:
         prepared = [self._prepare(i, r) for i, r in enumerate(requests)]
-        answers, looped = self._decode_prepared(prepared)
-        # A decode that ran into a loop is decoded again without the earlier text in its prompt,
-        # as Whisper resets its prompt when a decode fails: a repetitive prompt ("1, 1, 2, 2,
-        # 3, 3") pulls tiny.en into a loop on the next speech ("Add 1 cup. 1, 1, 1, ..."), and
-        # the trimmed loop then stood for the whole segment. The reading with more words is
-        # kept: always taking the retry cost 0.4 points where the prompt was not the cause
-        # (BENCHMARKS.md, "Prompt reset").
-        retries = [
-            self._prepare(p.index, p.request, earlier=False)
-            for p, loop in zip(prepared, looped, strict=True)
-            if loop and p.earlier and self.options.reset_prompt_on_loop
-        ]
-        for retry, again in zip(retries, self._decode_prepared(retries)[0], strict=True):
-            if len(again.words) > len(answers[retry.index].words):
-                answers[retry.index] = again
+        answers, _ = self._decode_resetting(prepared)
         # The speech under a stretched word (`uncovered_word`) is decoded again with the audio
         # cut right after it, where the model cannot jump ahead; a recheck that finds more words
         # there replaces the stretched stretch (`merge_recheck`).
@@ -354,6 +340,30 @@ class WhisperRecognizer(Recognizer):
                 answers[i] = dataclasses.replace(answers[i], words=merged)
         return self._decode_tails(requests, answers)
 
+    def _decode_resetting(self, prepared: list[_Prepared]) -> tuple[list[Hypothesis], list[bool]]:
+        """`_decode_prepared`, with a decode that ran into a loop decoded again without the
+        earlier text in its prompt; answers by `index`, and whether each kept answer looped.
+
+        Whisper resets its prompt when a decode fails: a repetitive prompt ("1, 1, 2, 2, 3, 3")
+        pulls tiny.en into a loop on the next speech ("Add 1 cup. 1, 1, 1, ..."), and the trimmed
+        loop then stood for the whole segment. The reading with more words is kept: always taking
+        the retry cost 0.4 points where the prompt was not the cause (BENCHMARKS.md, "Prompt
+        reset").
+        """
+        answers, looped = self._decode_prepared(prepared)
+        by_index = {p.index: k for k, p in enumerate(prepared)}
+        retries = [
+            dataclasses.replace(self._prepare(p.index, p.request, earlier=False), tail=p.tail)
+            for p, loop in zip(prepared, looped, strict=True)
+            if loop and p.earlier and self.options.reset_prompt_on_loop
+        ]
+        again, again_looped = self._decode_prepared(retries)
+        for retry, answer, loop in zip(retries, again, again_looped, strict=True):
+            k = by_index[retry.index]
+            if len(answer.words) > len(answers[k].words):
+                answers[k], looped[k] = answer, loop
+        return answers, looped
+
     def _decode_tails(
         self, requests: Sequence[DecodeRequest], answers: list[Hypothesis]
     ) -> list[Hypothesis]:
@@ -367,8 +377,11 @@ class WhisperRecognizer(Recognizer):
         there is no ending to stop after; its words are appended (the answer's own words and
         its state stay as they are); a tail decode below Whisper's log-probability threshold gives
         none (noise the endpointer took for voice, where tiny.en repeats the prompt's last
-        words). A tail decode that stops early again is followed by another, up to `TAIL_ROUNDS`,
-        while each finds more words.
+        words), nor does one that still ends in a loop after the prompt reset: a loop that fills
+        a budget sized to the densest real speech is a failed decode, and one copy of it taken
+        as a tail ("Ah, bah" for French counting) had every later tail loop on from it
+        (BENCHMARKS.md, "Other languages"). A tail decode that stops early again is followed by
+        another, up to `TAIL_ROUNDS`, while each finds more words.
         """
         pending = set(range(len(requests)))
         for _ in range(TAIL_ROUNDS):
@@ -385,10 +398,11 @@ class WhisperRecognizer(Recognizer):
                 tails.append(dataclasses.replace(self._prepare(i, rest), tail=True))
             if not tails:
                 break
-            for tail, again in zip(tails, self._decode_prepared(tails)[0], strict=True):
+            again, looped = self._decode_resetting(tails)
+            for tail, answer, loop in zip(tails, again, looped, strict=True):
                 i = tail.index
-                if len(again.words) > len(answers[i].words):
-                    answers[i] = dataclasses.replace(answers[i], words=again.words)
+                if not loop and len(answer.words) > len(answers[i].words):
+                    answers[i] = dataclasses.replace(answers[i], words=answer.words)
                 else:
                     pending.discard(i)
         return answers

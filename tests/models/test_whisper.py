@@ -470,3 +470,35 @@ def test_an_uncovered_tail_starts_where_the_last_word_plausibly_ends():
     stretched = (Word(" Goodbye.", 4_120, 12_920),)  # the alignment gave it the rest
     assert uncovered_tail(stretched, 16_000) == 4_120 + 700 - TAIL_MARGIN_MS
     assert uncovered_tail((), 16_000) is None
+
+
+def test_a_tail_decode_that_loops_adds_no_words():
+    """Found replaying other languages with the multilingual base model (espeak-ng French,
+    tests/data/synthetic/udhr_fr.flac, at 1 s steps): one decode ended right after its prefix
+    although "Un, deux, trois, un" followed; its tail's decode, prompted with the text so far,
+    ran into a loop ("Ah, bah bah bah ..."), was trimmed to one copy and taken, and every later
+    tail looped on from it: the final ended "... de fraternité. Ah, de la la la la la la", the
+    counting and the thanks lost. A tail's decode that loops is now decoded again without the
+    earlier text, as any decode is, and dropped if it still loops (a loop that fills a budget
+    sized to the densest real speech is a failed decode: tests/test_guards.py)."""
+    import json
+
+    from streaming.models.loading import load_recognizer
+    from streaming.session import Limits, Session
+
+    recognizer = load_recognizer("base")
+    samples, rate = soundfile.read(str(DATA_DIR / "synthetic" / "udhr_fr.flac"), dtype="int16")
+    samples = np.concatenate([samples, np.zeros(rate, np.int16)])
+    session = Session("french", recognizer.info, limits=Limits(step_ms=1000))
+    session.receive_text(json.dumps({"type": "session.start", "language": "fr"}))
+    for start in range(0, len(samples), 640):
+        session.receive_audio(samples[start : start + 640].tobytes())
+        while (request := session.next_request()) is not None:
+            session.complete(recognizer.decode([request])[0])
+    session.receive_text(json.dumps({"type": "input.end"}))
+    while (request := session.next_request()) is not None:
+        session.complete(recognizer.decode([request])[0])
+    events = [e.to_wire("french", 0) for e in session.events_to_send()]
+    text = " ".join(e["text"] for e in events if e["type"] == "transcript.final")
+    words = normalize(text, "fr")
+    assert "trois" in words and "la la la" not in " ".join(words), text
