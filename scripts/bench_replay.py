@@ -155,15 +155,24 @@ def main() -> None:
         action="store_true",
         help="keep the earlier text in the prompt of a decode that looped",
     )
+    parser.add_argument(
+        "--no-previous-segments",
+        action="store_true",
+        help="no earlier segments' text in a segment's prompt",
+    )
     args = parser.parse_args()
     if args.no_recheck:
         whisper_module.UNCOVERED_MS = 10**9
     if args.no_tail:
         whisper_module.TAIL_MS = 10**9
     recognizer = load_recognizer(args.model)
-    if args.no_prompt_reset:
+    if args.no_prompt_reset or args.no_previous_segments:
         assert isinstance(recognizer, whisper_module.WhisperRecognizer)
-        recognizer.options = dataclasses.replace(recognizer.options, reset_prompt_on_loop=False)
+        recognizer.options = dataclasses.replace(
+            recognizer.options,
+            reset_prompt_on_loop=not args.no_prompt_reset,
+            previous_segments=not args.no_previous_segments,
+        )
     if args.final_decodes:
         recognizer.info = dataclasses.replace(recognizer.info, partial_is_final=False)
     model_calls = 0

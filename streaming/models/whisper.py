@@ -107,7 +107,10 @@ MIN_PREFIX_WORDS = 2
 # audio one new word may cover before it is re-checked (`uncovered_word`), and how close to the
 # live edge a word may end and still be re-checked, ms
 UNCOVERED_MS = 700
-CLAUSE_MARKS = frozenset(",.;:?!")
+# the full-width marks of languages without spaces (Whisper attaches them to the word before, as
+# faster-whisper's `append_punctuations` does); a piece of only these is no word of its own
+FULL_WIDTH_MARKS = frozenset("。，、！？：；”）」』")
+CLAUSE_MARKS = frozenset(",.;:?!。，、！？；：")
 LIVE_EDGE_MS = 100
 # audio after a decode's last word that means it stopped before the speech did (`uncovered_tail`)
 # (a segment ends 0.3 s after its last voiced frame, so a real pause inside one is shorter),
@@ -630,7 +633,8 @@ class WhisperRecognizer(Recognizer):
             end = offset + int(times[min(position, len(times) - 1)])
             if not piece.strip():
                 continue
-            if words and piece.strip() in string.punctuation:
+            mark = piece.strip() in string.punctuation or set(piece.strip()) <= FULL_WIDTH_MARKS
+            if words and mark:
                 last = words[-1]  # punctuation belongs to the word it follows
                 words[-1] = Word(last.text + piece, last.start_ms, max(last.end_ms, end))
             else:

@@ -502,3 +502,16 @@ def test_a_tail_decode_that_loops_adds_no_words():
     text = " ".join(e["text"] for e in events if e["type"] == "transcript.final")
     words = normalize(text, "fr")
     assert "trois" in words and "la la la" not in " ".join(words), text
+
+
+def test_full_width_marks_belong_to_the_word_before():
+    """Japanese text comes back with "。" and "、"; like faster-whisper's word split, they are
+    attached to the word they follow, not words of their own (each with a time of its own)."""
+    from streaming.models.loading import load_recognizer
+    from streaming.models.whisper import FULL_WIDTH_MARKS
+
+    samples, _ = soundfile.read(str(DATA_DIR / "synthetic" / "ja_weather_jm_kumo.flac"))
+    request = DecodeRequest(audio=samples.astype(np.float32), language="ja", final=True)
+    words = load_recognizer("base").decode([request])[0].words
+    assert any(set(w.text) & FULL_WIDTH_MARKS for w in words), words  # the marks are there
+    assert not [w for w in words if set(w.text.strip()) <= FULL_WIDTH_MARKS], words
