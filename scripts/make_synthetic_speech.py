@@ -262,9 +262,8 @@ def write_japanese(out: Path) -> None:
     rows = [r for r in table.read_text().splitlines() if r.split("\t")[2] != "ja"]
     silence = np.zeros(RATE // 2, np.float32)  # Kokoro trims its output to the speech
     for stem, text in JAPANESE:
-        for voice, speed in JAPANESE_VOICES:
-            if voice != JAPANESE_VOICES[0][0] and stem not in JAPANESE_BOTH_VOICES:
-                continue
+        voices = JAPANESE_VOICES if stem in JAPANESE_BOTH_VOICES else JAPANESE_VOICES[:1]
+        for voice, speed in voices:
             speech = kokoro_japanese_speech(text, voice, speed)
             samples = np.concatenate([silence, speech, silence])
             name, seconds, _ = write(out / f"{stem}_{voice}.flac", samples, text).split("\t")

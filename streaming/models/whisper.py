@@ -345,7 +345,7 @@ class WhisperRecognizer(Recognizer):
 
     def _decode_resetting(self, prepared: list[_Prepared]) -> tuple[list[Hypothesis], list[bool]]:
         """`_decode_prepared`, with a decode that ran into a loop decoded again without the
-        earlier text in its prompt; answers by `index`, and whether each kept answer looped.
+        earlier text in its prompt; the answers in `prepared`'s order, and whether each looped.
 
         Whisper resets its prompt when a decode fails: a repetitive prompt ("1, 1, 2, 2, 3, 3")
         pulls tiny.en into a loop on the next speech ("Add 1 cup. 1, 1, 1, ..."), and the trimmed

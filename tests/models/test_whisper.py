@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
+import pytest
 import soundfile
 
 from streaming.loops import without_loop
@@ -472,7 +474,15 @@ def test_an_uncovered_tail_starts_where_the_last_word_plausibly_ends():
     assert uncovered_tail((), 16_000) is None
 
 
-def test_a_tail_decode_that_loops_adds_no_words():
+@pytest.fixture(scope="module")
+def whisper_base() -> Any:
+    """The multilingual base model, loaded once for this module's other-language tests."""
+    from streaming.models.loading import load_recognizer
+
+    return load_recognizer("base")
+
+
+def test_a_tail_decode_that_loops_adds_no_words(whisper_base):
     """Found replaying other languages with the multilingual base model (espeak-ng French,
     tests/data/synthetic/udhr_fr.flac, at 1 s steps): one decode ended right after its prefix
     although "Un, deux, trois, un" followed; its tail's decode, prompted with the text so far,
@@ -483,10 +493,9 @@ def test_a_tail_decode_that_loops_adds_no_words():
     sized to the densest real speech is a failed decode: tests/test_guards.py)."""
     import json
 
-    from streaming.models.loading import load_recognizer
     from streaming.session import Limits, Session
 
-    recognizer = load_recognizer("base")
+    recognizer = whisper_base
     samples, rate = soundfile.read(str(DATA_DIR / "synthetic" / "udhr_fr.flac"), dtype="int16")
     samples = np.concatenate([samples, np.zeros(rate, np.int16)])
     session = Session("french", recognizer.info, limits=Limits(step_ms=1000))
@@ -504,14 +513,13 @@ def test_a_tail_decode_that_loops_adds_no_words():
     assert "trois" in words and "la la la" not in " ".join(words), text
 
 
-def test_full_width_marks_belong_to_the_word_before():
+def test_full_width_marks_belong_to_the_word_before(whisper_base):
     """Japanese text comes back with "。" and "、"; like faster-whisper's word split, they are
     attached to the word they follow, not words of their own (each with a time of its own)."""
-    from streaming.models.loading import load_recognizer
     from streaming.models.whisper import FULL_WIDTH_MARKS
 
     samples, _ = soundfile.read(str(DATA_DIR / "synthetic" / "ja_weather_jm_kumo.flac"))
     request = DecodeRequest(audio=samples.astype(np.float32), language="ja", final=True)
-    words = load_recognizer("base").decode([request])[0].words
+    words = whisper_base.decode([request])[0].words
     assert any(set(w.text) & FULL_WIDTH_MARKS for w in words), words  # the marks are there
     assert not [w for w in words if set(w.text.strip()) <= FULL_WIDTH_MARKS], words
