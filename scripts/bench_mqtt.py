@@ -16,6 +16,11 @@ tap's process.
 
     .venv/bin/python scripts/bench_mqtt.py [--calls 1,2,3,4,6] [--model tiny.en]
 
+`--manifest DIR/manifest.tsv` gives each channel one recording of that folder instead (call k:
+recordings 2k and 2k + 1, round-robin), such as the long-form set or its phone-line and noisy
+copies from `scripts/make_degraded_speech.py`: the WER of long calls through the real telephony
+path (8 kHz G.711 over MQTT, decoded and resampled by the service).
+
 Soak (`--soak CALLS`): many short calls through one worker, `--soak-concurrency` at a time
 (real-time pace, `--seconds` of speech per channel), in waves. After each wave it records the
 worker's RSS (/proc) and the wave's end-of-call latencies; reported are the least-squares slopes
@@ -37,10 +42,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,6 +67,28 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+@dataclass(frozen=True)
+class Recording:
+    """One recording of a manifest (file, reference columns), any format soundfile reads."""
+
+    path: Path
+    reference: str
+
+    def samples(self) -> np.ndarray:
+        audio, rate = soundfile.read(str(self.path), dtype="float32", always_2d=True)
+        assert rate == 16_000, f"{self.path}: {rate} Hz, 16 kHz expected"
+        return audio.mean(axis=1)
+
+
+def read_manifest(table: Path) -> list[Recording]:
+    rows = [row.split("\t") for row in table.read_text().splitlines()]
+    columns = {name: i for i, name in enumerate(rows[0])}
+    return [
+        Recording(table.parent / row[columns["file"]], row[columns["reference"]])
+        for row in rows[1:]
+    ]
+
+
 def channel_audio(utterances: list[Any], encoding: str) -> tuple[list[bytes], str, float]:
     """Utterances with pauses between them, ending 0.3 s after the last word."""
     parts = [np.zeros(int(LEAD_S * 16000), np.float32)]
@@ -73,13 +102,21 @@ def channel_audio(utterances: list[Any], encoding: str) -> tuple[list[bytes], st
     return packets(telephony(audio, encoding), encoding, FRAME_MS), reference, len(audio) / 16000
 
 
-def plan_calls(n: int, target_s: float) -> list[dict[str, tuple[list[bytes], str, float]]]:
-    """N calls; each channel a different rotation of the corpus, about target_s long."""
+def plan_calls(
+    n: int, target_s: float, manifest: Path | None = None
+) -> list[dict[str, tuple[list[bytes], str, float]]]:
+    """N calls; each channel a different rotation of the corpus, about target_s long, or one
+    recording of the manifest."""
     corpus = load_corpus()
+    recordings = read_manifest(manifest) if manifest else []
     calls = []
     for k in range(n):
         call = {}
         for c, (channel, encoding) in enumerate(CHANNELS.items()):
+            if recordings:
+                picked_one = recordings[(2 * k + c) % len(recordings)]
+                call[channel] = channel_audio([picked_one], encoding)
+                continue
             start = (2 * k + c) * 3
             picked: list[Utterance] = []
             total = LEAD_S
@@ -92,8 +129,10 @@ def plan_calls(n: int, target_s: float) -> list[dict[str, tuple[list[bytes], str
     return calls
 
 
-async def run_calls(port: int, run_id: int, n: int, target_s: float) -> dict[str, Any]:
-    calls = plan_calls(n, target_s)
+async def run_calls(
+    port: int, run_id: int, n: int, target_s: float, manifest: Path | None = None
+) -> dict[str, Any]:
+    calls = plan_calls(n, target_s, manifest)
     ended: dict[str, float] = {}
     async with Listener(port, "asr/bench/#", f"bench-listener-{run_id}") as listener:
 
@@ -277,6 +316,9 @@ def main() -> int:
     parser.add_argument("--calls", default="1,2,3,4,6", help="concurrent call counts to try")
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--seconds", type=float, default=15.0, help="speech per channel")
+    parser.add_argument(
+        "--manifest", type=Path, help="one recording of this manifest.tsv per channel"
+    )
     parser.add_argument("--soak", type=int, default=0, help="calls of the soak (0: no soak)")
     parser.add_argument("--soak-concurrency", type=int, default=2)
     args = parser.parse_args()
@@ -293,7 +335,7 @@ def main() -> int:
         if args.soak:
             return soak(broker.port, worker, args.soak, args.soak_concurrency, args.seconds)
         for run_id, n in enumerate(counts):
-            run = asyncio.run(run_calls(broker.port, run_id, n, args.seconds))
+            run = asyncio.run(run_calls(broker.port, run_id, n, args.seconds, args.manifest))
             result = analyse(n, run)
             results.append(result)
             print(f"{n} calls: {result}", file=sys.stderr, flush=True)

@@ -16,9 +16,10 @@ short of (`uncovered_tail`), to measure what each changes. `--no-partials` repla
 asked for finals only (`"partials": false`): every segment is then one stateless final decode.
 `--folder` replays any folder with a manifest.tsv (file, reference columns), such as a fresh
 held-out set from `scripts/make_synthetic_speech.py --heldout`; `--offline` adds the WER of
-`transcribe --offline` (faster-whisper's own pipeline, greedy) on the same files. A manifest
-may carry a `language` column (English without one); `--model base` replays other languages,
-scored per character where the language has no spaces (`streaming.scoring.normalize`).
+`transcribe --offline` (faster-whisper's own pipeline, greedy) on the same files, and with
+`--out` its texts too (marked "offline"), to compare file by file. A manifest may carry a
+`language` column (English without one); `--model base` replays other languages, scored per
+character where the language has no spaces (`streaming.scoring.normalize`).
 """
 
 from __future__ import annotations
@@ -137,7 +138,12 @@ def main() -> None:
         "--offline", action="store_true", help="also the WER of transcribe --offline"
     )
     parser.add_argument("--model", default="tiny.en", help="tiny.en (default), base or a DIR")
-    parser.add_argument("--out", type=Path, help="append each file's text here (JSON lines)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help='append each file\'s text here (JSON lines: name, text, and "offline" for the '
+        "offline pipeline's)",
+    )
     parser.add_argument(
         "--joined",
         action="store_true",
@@ -219,17 +225,23 @@ def main() -> None:
               f"| {time.perf_counter() - began:.0f} |", flush=True)  # fmt: skip
         if args.offline:
             print(f"| {name}, `transcribe --offline` | {len(files)} "
-                  f"| {100 * offline_wer(recognizer, files):.2f} % | | | |")  # fmt: skip
+                  f"| {100 * offline_wer(recognizer, files, args.out):.2f} % | | | |")  # fmt: skip
 
 
-def offline_wer(recognizer: Recognizer, items: list[tuple[Path, str, str]]) -> float:
+def offline_wer(
+    recognizer: Recognizer, items: list[tuple[Path, str, str]], out: Path | None = None
+) -> float:
     """Pooled WER of the recognizer's whole-file pipeline (greedy) on the files."""
     triples = []
     for path, reference, language in items:
         samples = read(path).astype(np.float32) / 32768
         segments = recognizer.transcribe_offline(samples, OfflineOptions(language=language))
         assert segments is not None, "this recognizer has no whole-file pipeline"
-        triples.append((reference, " ".join(s.text for s in segments), language))
+        text = " ".join(s.text for s in segments).strip()
+        triples.append((reference, text, language))
+        if out:
+            with out.open("a") as lines:
+                lines.write(json.dumps([path.name, text, "offline"]) + "\n")
     return score(triples)
 
 
