@@ -54,7 +54,9 @@ Decoding choices, from what went wrong in peers (shared/design/peer-measurements
   (a browser stream's first moments, noise-gated microphones) made tiny.en drop the first word
   of an utterance in 2-3 s decodes ("And Mr. John ..." -> "Mr. John ..."), which LocalAgreement
   then commits for good. The same noise is added at the same segment positions in every decode,
-  so successive hypotheses stay comparable and results stay reproducible.
+  so successive hypotheses stay comparable and results stay reproducible;
+- a decode window quieter than -25 dBFS at its loudest is amplified to that level
+  (`quiet_gain`): tiny.en took speech peaking at -45 dBFS for silence and lost whole sentences.
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ NEW_TOKENS_SLACK = 10
 NO_SPEECH_PROBABILITY = 0.6  # with a low average log-probability: no speech (Whisper's rule)
 NO_SPEECH_LOGPROB = -1.0
 DITHER_RMS = 10 ** (-70 / 20)  # -70 dBFS: far below speech, above the log-mel floor of zeros
+# a decode window quieter than this at its loudest is amplified up to it, by at most
+# QUIET_MAX_GAIN (`quiet_gain`)
+QUIET_PEAK = 10 ** (-25 / 20)  # -25 dBFS
+QUIET_MAX_GAIN = 10 ** (40 / 20)  # +40 dB
 # committed words always left inside a moved window: they carry the audio around the anchor
 MIN_PREFIX_WORDS = 2
 # audio one new word may cover before it is re-checked (`uncovered_word`), and how close to the
@@ -120,6 +126,21 @@ LIVE_EDGE_MS = 100
 TAIL_MS = 2000
 TAIL_MARGIN_MS = 150
 TAIL_ROUNDS = 3
+
+
+def quiet_gain(audio: np.ndarray) -> float:
+    """The gain that brings a quiet decode window's loudest sample up to `QUIET_PEAK`; 1 for
+    any window as loud as that.
+
+    Whisper's log-mel features are not level-free (a fixed offset after the log), and tiny.en
+    hears quiet speech as silence: the long-form set scaled to a peak of -40 dBFS streamed at
+    21.6 % WER, at -45 dBFS 52.1 % with whole sentences gone (the decode ends at once, or the
+    no-speech rule drops it), against 10.7 % at full level (BENCHMARKS.md, "Quiet speech").
+    """
+    peak = float(np.abs(audio).max()) if len(audio) else 0.0
+    if peak >= QUIET_PEAK or peak == 0.0:
+        return 1.0
+    return min(QUIET_PEAK / peak, QUIET_MAX_GAIN)
 
 
 def encoder_window(frames: int, shortest_s: float = 15.0) -> int:
@@ -447,7 +468,7 @@ class WhisperRecognizer(Recognizer):
         # computed with the window's zero padding included, as Whisper was trained.
         padded = np.zeros(window * HOP, np.float32)
         audio = audio[: window * HOP]
-        padded[: len(audio)] = audio + self._noise(start, len(audio))
+        padded[: len(audio)] = quiet_gain(audio) * audio + self._noise(start, len(audio))
         features = self._features(padded)[:, :window]
         tokenizer = self._tokenizer(None)
         before = request.committed[: state.anchor_words]

@@ -523,3 +523,47 @@ def test_full_width_marks_belong_to_the_word_before(whisper_base):
     words = whisper_base.decode([request])[0].words
     assert any(set(w.text) & FULL_WIDTH_MARKS for w in words), words  # the marks are there
     assert not [w for w in words if set(w.text.strip()) <= FULL_WIDTH_MARKS], words
+
+
+def test_a_quiet_window_is_brought_up_to_the_level_whisper_hears():
+    from streaming.models.whisper import QUIET_MAX_GAIN, QUIET_PEAK, quiet_gain
+
+    speech = np.sin(np.linspace(0, 400, 16_000)).astype(np.float32)
+    assert quiet_gain(0.5 * speech) == 1.0  # speech at an ordinary level is left as it is
+    assert np.isclose(quiet_gain(QUIET_PEAK * speech), 1.0)  # no jump at the threshold
+    quiet = 10 ** (-40 / 20) * speech
+    assert np.isclose(np.abs(quiet_gain(quiet) * quiet).max(), QUIET_PEAK, rtol=1e-3)
+    assert quiet_gain(1e-6 * speech) == QUIET_MAX_GAIN  # noise is not raised without bound
+    assert quiet_gain(np.zeros(16_000, np.float32)) == 1.0
+
+
+def test_quiet_speech_is_heard(whisper, monkeypatch):
+    """Found playing the long-form set at lower levels: at a peak of -45 dBFS the austen reading
+    streamed as "to John Dashwood had been ..." and lost the next 24 words (tiny.en ended each
+    decode at once, or its no-speech rule dropped it); offline, on the same audio, kept them.
+    A decode window that quiet is amplified (`quiet_gain`) and every word comes back."""
+    import json
+
+    import streaming.models.whisper as whisper_module
+    from streaming.session import Limits, Session
+
+    quiet = long_form("austen_joined.wav", 12.0) * 10 ** (-40 / 20)  # peak -44.7 dBFS
+    samples = np.concatenate([(quiet * 32767).astype(np.int16), np.zeros(16_000, np.int16)])
+
+    def heard() -> list[str]:
+        session = Session("quiet", whisper.info, limits=Limits(step_ms=1000))
+        session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
+        for start in range(0, len(samples), 640):
+            session.receive_audio(samples[start : start + 640].tobytes())
+            while (request := session.next_request()) is not None:
+                session.complete(whisper.decode([request])[0])
+        session.receive_text(json.dumps({"type": "input.end"}))
+        while (request := session.next_request()) is not None:
+            session.complete(whisper.decode([request])[0])
+        events = [e.to_wire("quiet", 0) for e in session.events_to_send()]
+        return normalize(" ".join(e["text"] for e in events if e["type"] == "transcript.final"))
+
+    spoken = {"dashwood", "leisure", "consider", "much", "might", "power", "young", "man"}
+    assert spoken <= set(heard())
+    monkeypatch.setattr(whisper_module, "QUIET_PEAK", 0.0)  # no gain: the loss itself
+    assert not {"leisure", "consider", "much"} & set(heard())
