@@ -9,6 +9,11 @@ Queue policy: the queue holds `MAX_QUEUED_S` seconds of audio. If the network ca
 for longer, the oldest block is dropped to keep captions live, and the loss is reported on the
 terminal (never silently).
 
+Level check: a microphone whose gain is set too low delivers speech the service cannot hear
+(below about -45 dBFS at its loudest the voice detector misses it: BENCHMARKS.md, "Quiet
+speech"), and the captions then stay empty with no reason given. So if nothing in the first
+`LEVEL_CHECK_S` seconds reaches `QUIET_PEAK_DBFS`, the terminal says so, once.
+
 Ctrl-C stops capture, sends `input.end`, waits for the last finals, then exits.
 """
 
@@ -29,6 +34,8 @@ from client.transcript_files import TranscriptWriter
 MAX_QUEUED_S = 10.0  # audio held while the network is slow, seconds
 BLOCK_S = 0.1  # audio per block and per WebSocket frame, seconds
 FINALS_TIMEOUT_S = 30.0  # how long Ctrl-C waits for the last finals
+LEVEL_CHECK_S = 10.0  # audio whose loudest sample is checked against QUIET_PEAK_DBFS, seconds
+QUIET_PEAK_DBFS = -45.0  # the service's voice detector misses speech quieter than this
 
 # Called from the capture thread with one block of int16 samples (frames, channels) and
 # whether the device reported an input overflow before it.
@@ -155,10 +162,29 @@ async def run_microphone(
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max(1, int(MAX_QUEUED_S / BLOCK_S)))
     result = MicResult(finals=[], dropped_ms=0, overflows=0, closed=False)
     reported_ms = 0  # dropped audio already reported to the user
+    level = {"samples": 0, "peak": 0}  # of the audio captured so far, until the level check
+
+    def check_level(data: bytes) -> None:
+        if level["samples"] < 0:
+            return  # checked already
+        samples = np.frombuffer(data, np.int16)
+        level["peak"] = max(level["peak"], int(np.abs(samples.astype(np.int32)).max(initial=0)))
+        level["samples"] += len(samples) // source.channels
+        if level["samples"] < LEVEL_CHECK_S * source.sample_rate:
+            return
+        peak_dbfs = 20 * np.log10(max(level["peak"], 1) / 32768)
+        if peak_dbfs < QUIET_PEAK_DBFS:
+            notify(
+                f"the microphone is very quiet: its loudest sound in {LEVEL_CHECK_S:.0f} s was "
+                f"{peak_dbfs:.0f} dBFS. If you were speaking, raise its input gain: speech "
+                f"below {QUIET_PEAK_DBFS:.0f} dBFS is not heard."
+            )
+        level["samples"] = -1
 
     def enqueue(data: bytes, overflowed: bool) -> None:  # on the loop thread
         nonlocal reported_ms
         result.overflows += overflowed
+        check_level(data)
         if queue.full():
             dropped = queue.get_nowait()
             assert dropped is not None  # the end marker is only queued after capture stopped

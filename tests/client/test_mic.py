@@ -141,6 +141,32 @@ async def test_a_stalled_network_drops_the_oldest_audio_and_says_so(whisper, mon
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("peak_dbfs", [-50.0, -20.0])
+async def test_a_microphone_too_quiet_to_be_heard_is_reported(
+    whisper, corpus, monkeypatch, peak_dbfs
+):
+    """Real speech at a peak of -50 dBFS, below what the service's voice detector hears, gets
+    one note saying so; the same speech at -20 dBFS gets none."""
+    import client.mic as mic
+
+    monkeypatch.setattr(mic, "LEVEL_CHECK_S", 1.0)
+    speech = corpus[11].samples()
+    source = ReplaySource(int16(speech / np.abs(speech).max() * 10 ** (peak_dbfs / 20)))
+    notes: list[str] = []
+    async with running_server(whisper) as server:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(1.6, stop.set)
+        await run_microphone(
+            f"ws://127.0.0.1:{server.port}", source, SessionSettings(), stop, notify=notes.append
+        )
+    quiet = [n for n in notes if "very quiet" in n]
+    if peak_dbfs < mic.QUIET_PEAK_DBFS:
+        assert len(quiet) == 1 and "raise its input gain" in quiet[0], notes
+    else:
+        assert not quiet, notes
+
+
+@pytest.mark.asyncio
 async def test_an_unreachable_server_is_a_clear_error():
     """The client names the address it could not reach."""
     with pytest.raises(ServiceError, match=r"ws://127\.0\.0\.1:9"):
