@@ -30,6 +30,26 @@ def long_form(name: str, seconds: float) -> np.ndarray:
     return samples[: int(seconds * rate)]
 
 
+def streamed_text(recognizer: Any, samples: np.ndarray, language: str = "en") -> str:
+    """The finals' text of one session over int16 `samples` at 1 s steps, every decode request
+    answered at once (as `scripts/bench_replay.py` replays)."""
+    import json
+
+    from streaming.session import Limits, Session
+
+    session = Session("replay", recognizer.info, limits=Limits(step_ms=1000))
+    session.receive_text(json.dumps({"type": "session.start", "language": language}))
+    for start in range(0, len(samples), 640):
+        session.receive_audio(samples[start : start + 640].tobytes())
+        while (request := session.next_request()) is not None:
+            session.complete(recognizer.decode([request])[0])
+    session.receive_text(json.dumps({"type": "input.end"}))
+    while (request := session.next_request()) is not None:
+        session.complete(recognizer.decode([request])[0])
+    events = [e.to_wire("replay", 0) for e in session.events_to_send()]
+    return " ".join(e["text"] for e in events if e["type"] == "transcript.final")
+
+
 def test_offline_decodes_of_the_corpus_reach_the_reference_wer(whisper, corpus):
     """Whole-utterance decodes of the 13 files score at most 10 % WER (reference: 7.3 %)."""
     requests = [DecodeRequest(audio=u.samples(), final=True) for u in corpus]
@@ -491,24 +511,9 @@ def test_a_tail_decode_that_loops_adds_no_words(whisper_base):
     counting and the thanks lost. A tail's decode that loops is now decoded again without the
     earlier text, as any decode is, and dropped if it still loops (a loop that fills a budget
     sized to the densest real speech is a failed decode: tests/test_guards.py)."""
-    import json
-
-    from streaming.session import Limits, Session
-
-    recognizer = whisper_base
     samples, rate = soundfile.read(str(DATA_DIR / "synthetic" / "udhr_fr.flac"), dtype="int16")
     samples = np.concatenate([samples, np.zeros(rate, np.int16)])
-    session = Session("french", recognizer.info, limits=Limits(step_ms=1000))
-    session.receive_text(json.dumps({"type": "session.start", "language": "fr"}))
-    for start in range(0, len(samples), 640):
-        session.receive_audio(samples[start : start + 640].tobytes())
-        while (request := session.next_request()) is not None:
-            session.complete(recognizer.decode([request])[0])
-    session.receive_text(json.dumps({"type": "input.end"}))
-    while (request := session.next_request()) is not None:
-        session.complete(recognizer.decode([request])[0])
-    events = [e.to_wire("french", 0) for e in session.events_to_send()]
-    text = " ".join(e["text"] for e in events if e["type"] == "transcript.final")
+    text = streamed_text(whisper_base, samples, "fr")
     words = normalize(text, "fr")
     assert "trois" in words and "la la la" not in " ".join(words), text
 
@@ -542,28 +547,11 @@ def test_quiet_speech_is_heard(whisper, monkeypatch):
     streamed as "to John Dashwood had been ..." and lost the next 24 words (tiny.en ended each
     decode at once, or its no-speech rule dropped it); offline, on the same audio, kept them.
     A decode window that quiet is amplified (`quiet_gain`) and every word comes back."""
-    import json
-
     import streaming.models.whisper as whisper_module
-    from streaming.session import Limits, Session
 
     quiet = long_form("austen_joined.wav", 12.0) * 10 ** (-40 / 20)  # peak -44.7 dBFS
     samples = np.concatenate([(quiet * 32767).astype(np.int16), np.zeros(16_000, np.int16)])
-
-    def heard() -> list[str]:
-        session = Session("quiet", whisper.info, limits=Limits(step_ms=1000))
-        session.receive_text(json.dumps({"type": "session.start", "language": "en"}))
-        for start in range(0, len(samples), 640):
-            session.receive_audio(samples[start : start + 640].tobytes())
-            while (request := session.next_request()) is not None:
-                session.complete(whisper.decode([request])[0])
-        session.receive_text(json.dumps({"type": "input.end"}))
-        while (request := session.next_request()) is not None:
-            session.complete(whisper.decode([request])[0])
-        events = [e.to_wire("quiet", 0) for e in session.events_to_send()]
-        return normalize(" ".join(e["text"] for e in events if e["type"] == "transcript.final"))
-
     spoken = {"dashwood", "leisure", "consider", "much", "might", "power", "young", "man"}
-    assert spoken <= set(heard())
+    assert spoken <= set(normalize(streamed_text(whisper, samples)))
     monkeypatch.setattr(whisper_module, "QUIET_PEAK", 0.0)  # no gain: the loss itself
-    assert not {"leisure", "consider", "much"} & set(heard())
+    assert not {"leisure", "consider", "much"} & set(normalize(streamed_text(whisper, samples)))
