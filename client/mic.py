@@ -162,24 +162,27 @@ async def run_microphone(
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max(1, int(MAX_QUEUED_S / BLOCK_S)))
     result = MicResult(finals=[], dropped_ms=0, overflows=0, closed=False)
     reported_ms = 0  # dropped audio already reported to the user
-    level = {"samples": 0, "peak": 0}  # of the audio captured so far, until the level check
+    level_frames = 0  # captured so far, until the level check
+    level_peak = 0  # the loudest sample among them
+    level_checked = False
 
     def check_level(data: bytes) -> None:
-        if level["samples"] < 0:
-            return  # checked already
-        samples = np.frombuffer(data, np.int16)
-        level["peak"] = max(level["peak"], int(np.abs(samples.astype(np.int32)).max(initial=0)))
-        level["samples"] += len(samples) // source.channels
-        if level["samples"] < LEVEL_CHECK_S * source.sample_rate:
+        nonlocal level_frames, level_peak, level_checked
+        if level_checked:
             return
-        peak_dbfs = 20 * np.log10(max(level["peak"], 1) / 32768)
+        samples = np.frombuffer(data, np.int16).astype(np.int32)
+        level_peak = max(level_peak, int(np.abs(samples).max(initial=0)))
+        level_frames += len(samples) // source.channels
+        if level_frames < LEVEL_CHECK_S * source.sample_rate:
+            return
+        level_checked = True
+        peak_dbfs = 20 * np.log10(max(level_peak, 1) / 32768)
         if peak_dbfs < QUIET_PEAK_DBFS:
             notify(
                 f"the microphone is very quiet: its loudest sound in {LEVEL_CHECK_S:.0f} s was "
                 f"{peak_dbfs:.0f} dBFS. If you were speaking, raise its input gain: speech "
                 f"below {QUIET_PEAK_DBFS:.0f} dBFS is not heard."
             )
-        level["samples"] = -1
 
     def enqueue(data: bytes, overflowed: bool) -> None:  # on the loop thread
         nonlocal reported_ms

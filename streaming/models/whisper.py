@@ -133,9 +133,10 @@ def quiet_gain(audio: np.ndarray) -> float:
     any window as loud as that.
 
     Whisper's log-mel features are not level-free (a fixed offset after the log), and tiny.en
-    hears quiet speech as silence: the long-form set scaled to a peak of -40 dBFS streamed at
-    21.6 % WER, at -45 dBFS 52.1 % with whole sentences gone (the decode ends at once, or the
-    no-speech rule drops it), against 10.7 % at full level (BENCHMARKS.md, "Quiet speech").
+    hears quiet speech as silence: the long-form set played 40 dB down (peaks -40 to -45 dBFS)
+    streamed at 21.6 % WER, 45 dB down at 52.1 % with whole sentences gone (the decode ends at
+    once, or the no-speech rule drops it), against 10.7 % at full level (BENCHMARKS.md, "Quiet
+    speech").
     """
     peak = float(np.abs(audio).max()) if len(audio) else 0.0
     if peak >= QUIET_PEAK or peak == 0.0:
