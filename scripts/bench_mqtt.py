@@ -81,12 +81,9 @@ class Recording:
 
 
 def read_manifest(table: Path) -> list[Recording]:
-    rows = [row.split("\t") for row in table.read_text().splitlines()]
-    columns = {name: i for i, name in enumerate(rows[0])}
-    return [
-        Recording(table.parent / row[columns["file"]], row[columns["reference"]])
-        for row in rows[1:]
-    ]
+    from bench_replay import manifest  # the replay's reader (imported only when asked for)
+
+    return [Recording(path, reference) for path, reference, _ in manifest(table)]
 
 
 def channel_audio(utterances: list[Any], encoding: str) -> tuple[list[bytes], str, float]:
@@ -114,8 +111,7 @@ def plan_calls(
         call = {}
         for c, (channel, encoding) in enumerate(CHANNELS.items()):
             if recordings:
-                picked_one = recordings[(2 * k + c) % len(recordings)]
-                call[channel] = channel_audio([picked_one], encoding)
+                call[channel] = channel_audio([recordings[(2 * k + c) % len(recordings)]], encoding)
                 continue
             start = (2 * k + c) * 3
             picked: list[Utterance] = []
