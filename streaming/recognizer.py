@@ -130,10 +130,11 @@ class ModelInfo:
     # model calls (`decode` or an offline job) it can run at once from different threads;
     # the model worker keeps that many lanes busy (streaming/worker.py)
     lanes: int = 1
-    # a decode does not depend on `DecodeRequest.final`: a partial that heard a whole segment
-    # (and nothing of the next) is that segment's final decode, so the session takes its answer
-    # instead of decoding the same audio again (Whisper; not Qwen, whose final flushes the
-    # encoder's open window, nor a separate aligner, which times finals only)
+    # a partial that heard a whole segment (and nothing of the next) is as good as that
+    # segment's final decode, so the session takes its answer instead of decoding the same
+    # audio again (Whisper, whose final decode differs only in a shorter window, for speed;
+    # not Qwen, whose final flushes the encoder's open window, nor a separate aligner, which
+    # times finals only)
     partial_is_final: bool = False
     # extra facts for /health and logs (device, dtype, ...)
     details: dict[str, str] = field(default_factory=dict)

@@ -190,9 +190,10 @@ class _Segment:
 class _Heard:
     """A partial decode's answer, kept in case it turns out to be the segment's final decode.
 
-    With `ModelInfo.partial_is_final` a decode does not depend on `final`; so when a segment
-    ends inside audio that its latest partial already heard (the silence the endpointer waits
-    for), decoding the segment again would give the same words, up to 0.6 s later. The audio
+    With `ModelInfo.partial_is_final` a partial's answer is as good as a final decode's; so when
+    a segment ends inside audio that its latest partial already heard (the silence the
+    endpointer waits for), decoding the segment again would give no better words, up to 0.6 s
+    later. The audio
     between the segment's end and `until` is unvoiced by the endpointer's own measure, so the
     partial heard no speech the final would not hear.
     """

@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 from streaming.loops import without_loop
-from streaming.models.whisper import WhisperSegmentState
+from streaming.models.whisper import WhisperOptions, WhisperSegmentState
 from streaming.recognizer import DecodeRequest, OfflineOptions, Word, join_words
 from streaming.scoring import corpus_wer, edit_distance, normalize
 from tests.conftest import DATA_DIR, read_wav
@@ -149,15 +149,37 @@ def test_repeated_phrases_keep_every_word_the_audio_supports(whisper):
 
 
 def test_a_long_prefix_leaves_the_whole_budget_for_new_words(whisper):
-    """A final after 30 committed words still transcribes the rest of its audio.
+    """A decode after 20 committed words still transcribes the rest of its audio.
 
     CTranslate2's Whisper generate counts the forced prefix against max_length (and returns at
-    most half of it): sized for the new tokens only, this final stopped after a few words.
+    most half of it): sized for the new tokens only, this decode stopped after a few words.
     """
     audio = long_form("gettysburg.wav", 12.0)
     first = whisper.decode([DecodeRequest(audio=audio)])[0].words
     committed = first[:20]
-    words = whisper.decode([DecodeRequest(audio=audio, committed=committed, final=True)])[0].words
+    request = DecodeRequest(audio=audio, committed=committed)
+    assert len(whisper._prepare(0, request).prefix) >= 20  # the window holds every word
+    words = whisper.decode([request])[0].words
+    assert words[:20] == committed
+    assert "equal" in join_words(words[20:]).lower(), join_words(words)
+
+
+def test_a_final_forces_only_the_committed_words_of_its_short_window(whisper):
+    """A final's window starts at the committed word about `final_window_s` before its end, so
+    it forces a few committed words (~5.5 ms each) where a partial forces them all, and the
+    words before are its prompt; it still continues to the end of the speech."""
+    audio = long_form("gettysburg.wav", 12.0)
+    committed = whisper.decode([DecodeRequest(audio=audio)])[0].words[:20]
+    final = DecodeRequest(audio=audio, committed=committed, final=True)
+    short = whisper._prepare(0, final)
+    whole = whisper._prepare(0, replace(final, final=False))
+    assert whole.state.anchor_ms == 0
+    opening = committed[short.state.anchor_words]
+    assert (
+        opening.start_ms == short.state.anchor_ms >= 12_000 - whisper.options.final_window_s * 1000
+    )
+    assert 0 < len(short.prefix) < len(whole.prefix) / 2
+    words = whisper.decode([final])[0].words
     assert words[:20] == committed
     assert "equal" in join_words(words[20:]).lower(), join_words(words)
 
@@ -555,3 +577,18 @@ def test_quiet_speech_is_heard(whisper, monkeypatch):
     assert spoken <= set(normalize(streamed_text(whisper, samples)))
     monkeypatch.setattr(whisper_module, "QUIET_PEAK", 0.0)  # no gain: the loss itself
     assert not {"leisure", "consider", "much"} & set(normalize(streamed_text(whisper, samples)))
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"final_window_s": 1.0}, "final_window_s"),
+        ({"final_window_s": 28.0}, "final_window_s"),
+        ({"keep_window_s": 12.0}, "keep_window_s"),
+        ({"lanes": 3}, "lanes"),
+    ],
+)
+def test_window_and_lane_settings_out_of_range_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        WhisperOptions(**settings)
+    assert WhisperOptions(final_window_s=None).final_window_s is None
