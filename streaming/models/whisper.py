@@ -14,8 +14,8 @@ How one decode of a segment is built (the *decode window*):
   exceed `max_window_s`; it then moves to the boundary nearest `keep_window_s` before the edge,
   always leaving at least `MIN_PREFIX_WORDS` committed words inside. A step therefore costs the
   same at second 5 and second 50 of a segment (one encoder window, a bounded forced prefix), and
-  no audio is decoded twice as "new". A final's window is shorter (`final_window_s`): the user
-  waits on it, and fewer forced words make it a fifth cheaper at the same accuracy.
+  no audio is decoded twice as "new". A final's window is at most about 6 s (`final_window_s`):
+  the user waits on it, and fewer forced words make it a fifth cheaper at the same accuracy.
 - Committed words inside the window are the forced prefix: the model continues after them and
   never regenerates them. The words before the anchor are not lost: they stay in the hypothesis
   verbatim, and their last `previous_tokens` tokens are the decoder prompt (Whisper's
@@ -212,13 +212,14 @@ class WhisperOptions:
     # 90-107 ms on two; finalize P50 on the short clips 362 -> 310 ms. Partials on both cores
     # as well made it 377 ms: a final then starts beside a partial that holds both cores.
     wide_encoder: bool = True
-    # a final's decode window holds about this much audio (committed words allowing), seconds;
-    # None: the partials' window (`max_window_s`, `keep_window_s`). The committed words inside
-    # the window are forced one token at a time (~5.5 ms each); the words before it are the
-    # prompt, read in one pass. Measured (BENCHMARKS.md, "A final's window"): the 38 finals of
-    # the long and synthetic sets decode in 393 ms P50 instead of 504; replays with every final
-    # decoded give the same WER within noise (long 10.70 both, held-out 6.89 both), and 3 s cost
-    # "by the people" on Gettysburg again (long 12.11 %), so 6 s
+    # a final's decode window moves once it holds more than this much audio, to about this
+    # much (committed words allowing), seconds; None: the partials' window (`max_window_s`,
+    # `keep_window_s`). The committed words inside the window are forced one token at a time
+    # (~5.5 ms each); the words before it are the prompt, read in one pass. Measured
+    # (BENCHMARKS.md, "A final's window"): the 38 finals of the long and synthetic sets decode
+    # in 331 ms P50 instead of 426; replays with every final decoded give the same WER within
+    # noise (long 10.70 both, held-out 6.89 both), and 3 s cost "by the people" on Gettysburg
+    # again (long 12.11 %), so 6 s
     final_window_s: float | None = 6.0
 
     @property
@@ -517,15 +518,15 @@ class WhisperRecognizer(Recognizer):
     def _move_anchor(
         self, request: DecodeRequest, state: WhisperSegmentState
     ) -> WhisperSegmentState:
-        """Moves the decode window's start forward: for a partial when the window has grown
-        past `max_window_s`, for a final to `final_window_s` before the end."""
+        """Moves the decode window's start forward once the window has grown past
+        `max_window_s` (a final's: past `final_window_s`)."""
         audio_ms = request.duration_ms
         committed = request.committed
-        keep_s = self.options.final_window_s if request.final else None
-        if keep_s is None:
-            if audio_ms - state.anchor_ms <= self.options.max_window_s * 1000:
-                return state
-            keep_s = self.options.keep_window_s
+        longest_s, keep_s = self.options.max_window_s, self.options.keep_window_s
+        if request.final and self.options.final_window_s is not None:
+            longest_s = keep_s = self.options.final_window_s
+        if audio_ms - state.anchor_ms <= longest_s * 1000:
+            return state
         keep_ms = keep_s * 1000
         # word j may open the window if MIN_PREFIX_WORDS committed words remain from it on
         candidates = [

@@ -179,6 +179,8 @@ def test_a_final_forces_only_the_committed_words_of_its_short_window(whisper):
         opening.start_ms == short.state.anchor_ms >= 12_000 - whisper.options.final_window_s * 1000
     )
     assert 0 < len(short.prefix) < len(whole.prefix) / 2
+    five_s = replace(final, audio=audio[: 5 * 16_000], committed=committed[:10])
+    assert whisper._prepare(0, five_s).state.anchor_ms == 0  # a window already that short
     words = whisper.decode([final])[0].words
     assert words[:20] == committed
     assert "equal" in join_words(words[20:]).lower(), join_words(words)
