@@ -226,7 +226,10 @@ async def test_concurrent_sessions_get_their_own_transcripts(whisper, corpus):
                 for u in picks
             )
         )  # fmt: skip
-        assert server.worker.stats.largest_batch >= 2  # the sessions shared model calls
+        # all three went through the one model worker (whether two of them share a call
+        # depends on timing: both lanes must be busy; tests/streaming/test_worker.py checks
+        # batching deterministically, and this assertion failed one CI run in many)
+        assert server.worker.stats.requests >= len(picks)
     for utterance, result in zip(picks, results, strict=True):
         assert check_events(result.events, input_ended=True) == []
         assert corpus_wer([(utterance.reference, result.text)]).wer <= 0.25, result.text
