@@ -162,20 +162,19 @@ async def run_microphone(
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=max(1, int(MAX_QUEUED_S / BLOCK_S)))
     result = MicResult(finals=[], dropped_ms=0, overflows=0, closed=False)
     reported_ms = 0  # dropped audio already reported to the user
-    level_frames = 0  # captured so far, until the level check
+    level_frames = 0  # captured so far, until the level check (done once it reaches the limit)
     level_peak = 0  # the loudest sample among them
-    level_checked = False
+    level_limit = LEVEL_CHECK_S * source.sample_rate
 
     def check_level(data: bytes) -> None:
-        nonlocal level_frames, level_peak, level_checked
-        if level_checked:
+        nonlocal level_frames, level_peak
+        if level_frames >= level_limit:
             return
         samples = np.frombuffer(data, np.int16).astype(np.int32)
         level_peak = max(level_peak, int(np.abs(samples).max(initial=0)))
         level_frames += len(samples) // source.channels
-        if level_frames < LEVEL_CHECK_S * source.sample_rate:
+        if level_frames < level_limit:
             return
-        level_checked = True
         peak_dbfs = 20 * np.log10(max(level_peak, 1) / 32768)
         if peak_dbfs < QUIET_PEAK_DBFS:
             notify(
