@@ -135,9 +135,19 @@ class Endpointer:
         return boundaries
 
     def end_segment(self, position: int) -> SpeechEnd | None:
-        """Ends the open segment at `position` (finalize / end of input); None if none is open."""
+        """Ends the open segment on the client's word (finalize / end of input): at `position`,
+        or, in a pause that has reached `pause_end`, there; None if no segment is open.
+
+        Everything after `pause_end` is unvoiced, and an endpoint would cut there too: so a
+        client that finalizes after its own short silence (a push-to-talk release, Deepgram's
+        `Finalize` after a client-side VAD) gets the segment an endpoint would have given,
+        whose final the pause's partial has usually already decoded (`Session._pause_due`).
+        """
         if not self.in_speech:
             return None
+        pause_end = self.pause_end
+        if pause_end is not None:
+            position = min(position, pause_end)
         self.in_speech = False
         self._last_end = max(position, self._segment_start)
         self._recent.clear()

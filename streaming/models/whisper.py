@@ -155,7 +155,9 @@ def encoder_window(frames: int, shortest_s: float = 15.0) -> int:
     lanes"): 5 s inputs made the short clips 26 % WER (8 % with 15 s); 10 s inputs for young
     segments replayed at 1 s steps as accurately as 15 s, a fifth cheaper, but served with
     0.5 s steps tiny.en repeated a fully committed clip after its prefix ("4. Queen of Cloves
-    4. Queen of Cloves ..."), which 15 s inputs never did. Longer windows (nothing committed
+    4. Queen of Cloves ..."), which 15 s inputs never did; 10 s inputs for finals alone
+    (whose windows are at most about 6 s) did the same on the Ecclesiastes reading (BENCHMARKS.md,
+    "What a long segment's final costs"). Longer windows (nothing committed
     yet to move the anchor to, a final after a lagging partial) grow the input in 5 s steps
     instead of jumping to 30 s: with only 10 s and 30 s, two streams' late finals fed each
     other through 30 s passes (issue 10).

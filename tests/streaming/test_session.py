@@ -575,6 +575,37 @@ def test_a_pause_asks_for_a_partial_that_can_become_the_final():
     assert check_events(d.log) == []
 
 
+def test_a_finalize_in_a_pause_gets_the_pause_partial_as_its_final():
+    """A client that finalizes after its own short silence (push-to-talk, a client-side VAD)
+    gets the segment an endpoint would have given: it ends where the pause reached its end, so
+    the pause's partial, which heard all of it, is the final, with no decode after the
+    finalize. A finalize before the pause reaches that point still ends at the audio's end and
+    decodes all of it."""
+    d = heard_driver()
+    d.audio(np.concatenate([silence(0.5), tone(2.4)]))
+    answer(d)
+    d.audio(silence(0.45))  # webrtcvad hears the tone until 3.0 s: the pause ends at 3.3 s
+    paused = answer(d)
+    d.audio(silence(0.15))  # more of the pause, short of the 0.6 s that make an endpoint
+    assert not d.of("transcript.final")
+    d.send({"type": "input.finalize"})
+    (final,) = d.of("transcript.final")
+    assert final["reason"] == "finalize" and final["text"] == "Go forward ten meters."
+    assert not [r for r in d.recognizer.requests if r.final]
+    assert final["end_ms"] == 3300 <= final["start_ms"] + paused.duration_ms
+
+    early = heard_driver()
+    early.audio(np.concatenate([silence(0.5), tone(2.4)]))
+    answer(early)
+    early.audio(silence(0.1))
+    early.send({"type": "input.finalize"})
+    assert not early.of("transcript.final")
+    last = answer(early)
+    (final,) = early.of("transcript.final")
+    assert last.final and final["end_ms"] == final["start_ms"] + last.duration_ms == 3000
+    assert check_events(d.log) == [] and check_events(early.log) == []
+
+
 def test_speech_after_a_pause_goes_on_in_the_same_segment():
     """The pause's partial was an ordinary partial when speech resumes within silence_ms."""
     d = heard_driver([(" Go", 500), (" forward", 1000), (" ten", 2900), (" meters.", 3300)])

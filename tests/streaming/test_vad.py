@@ -71,6 +71,21 @@ def test_forced_end_closes_the_open_segment_once():
     assert endpointer.end_segment(20000) is None
 
 
+def test_a_forced_end_in_a_pause_ends_where_an_endpoint_would():
+    """Inside a pause that has reached its end (last voiced frame + tail), a forced end cuts
+    there, as the endpoint would; before that point, at the position asked for."""
+    paused = Endpointer(600, 30000)
+    feed(paused, np.concatenate([silence(0.3), tone(1.0), silence(0.45)]))
+    assert paused.pause_end is not None
+    pause_end = paused.pause_end
+    assert paused.end_segment(30000) == SpeechEnd(pause_end, "forced")
+    assert pause_end < 30000
+    speaking = Endpointer(600, 30000)
+    feed(speaking, np.concatenate([silence(0.3), tone(1.0), silence(0.1)]))
+    assert speaking.pause_end is None
+    assert speaking.end_segment(22000) == SpeechEnd(22000, "forced")
+
+
 def test_a_pause_near_the_limit_cuts_as_soon_as_speech_resumes():
     """Max 6 s: a pause at 1.5 s is kept (too early), the one at 3.8 s cuts, in its middle,
     once the next voiced frames arrive: no look-back into audio heard seconds ago. (webrtcvad
