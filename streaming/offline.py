@@ -11,6 +11,7 @@ and the pieces are transcribed in order, each with the end of the text before it
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator
@@ -123,7 +124,10 @@ def _final_decodes(
         words: tuple[Word, ...] = ()
         if options.word_timestamps and recognizer.info.word_timestamps:
             timed = hypothesis.aligned if hypothesis.aligned is not None else hypothesis.words
-            words = tuple(Word(w.text, offset + w.start_ms, offset + w.end_ms) for w in timed)
+            words = tuple(
+                dataclasses.replace(w, start_ms=offset + w.start_ms, end_ms=offset + w.end_ms)
+                for w in timed
+            )
         if hypothesis.warning is not None:
             log.warning("%s", hypothesis.warning[1])
         yield OfflineSegment(offset, end * 1000 // SAMPLE_RATE, text, hypothesis.language, words)

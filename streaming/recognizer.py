@@ -31,6 +31,10 @@ class Word:
     text: str
     start_ms: int
     end_ms: int
+    # the model's confidence in the word, 0..1: the mean probability of its tokens (Whisper,
+    # as faster-whisper computes it); None where the model gives none. Not part of a word's
+    # identity: a committed word is the same word whatever decode scored it.
+    probability: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -601,7 +601,8 @@ class Session:
         assert segment.end is not None
         length = _ms(segment.end - segment.start)
         words = tuple(
-            Word(w.text, min(w.start_ms, length), min(w.end_ms, length)) for w in heard.words
+            dataclasses.replace(w, start_ms=min(w.start_ms, length), end_ms=min(w.end_ms, length))
+            for w in heard.words
         )
         self._finish(segment, words, heard.language)
 
@@ -738,6 +739,7 @@ class Session:
                     "word": w.text.strip(),
                     "start_ms": offset + w.start_ms,
                     "end_ms": offset + w.end_ms,
+                    **({} if w.probability is None else {"probability": w.probability}),
                 }
                 for w in (words if aligned is None else aligned)
                 if w.text.strip()

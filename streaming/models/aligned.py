@@ -114,7 +114,9 @@ class AlignedRecognizer(Recognizer):
                 log.warning("%s", warning[1])
             return segment
         shifted = tuple(
-            Word(w.text, segment.start_ms + w.start_ms, segment.start_ms + w.end_ms)
+            dataclasses.replace(
+                w, start_ms=segment.start_ms + w.start_ms, end_ms=segment.start_ms + w.end_ms
+            )
             for w in aligned
         )
         return dataclasses.replace(segment, words=shifted)

@@ -588,14 +588,16 @@ class WhisperRecognizer(Recognizer):
             # endpointer took for voice ("10 meters 10 meters") -1.4 to -4.3
             silent = silent or (p.tail and result.scores[0] < NO_SPEECH_LOGPROB)
             texts.append(p.prefix + ([] if silent else new))
-        timings = self._align(encoded, group, texts, languages)
+        alignments = self._align(encoded, group, texts, languages)
         hypotheses = [
             Hypothesis(
-                words=self._words(p, tokens, times, language),
+                words=self._words(p, tokens, times, probabilities, language),
                 language=language,
                 state=WhisperSegmentState(language, p.state.anchor_ms, p.state.anchor_words),
             )
-            for p, tokens, times, language in zip(group, texts, timings, languages, strict=True)
+            for p, tokens, (times, probabilities), language in zip(
+                group, texts, alignments, languages, strict=True
+            )
         ]
         return hypotheses, loops
 
@@ -624,9 +626,13 @@ class WhisperRecognizer(Recognizer):
         group: list[_Prepared],
         texts: list[list[int]],
         languages: list[str],
-    ) -> list[np.ndarray]:
-        """Start time (ms, in the window) of each text token plus a trailing end time (DTW)."""
-        timings: list[np.ndarray] = [np.zeros(len(t) + 1) for t in texts]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: the start time (ms, in the window) of each token plus a trailing end time
+        (DTW), and each token's probability among the text tokens (the alignment pass scores
+        the text it aligns: CTranslate2's `text_token_probs`)."""
+        timings: list[tuple[np.ndarray, np.ndarray]] = [
+            (np.zeros(len(t) + 1), np.zeros(len(t))) for t in texts
+        ]
         todo = [i for i, t in enumerate(texts) if t]
         by_language: dict[str, list[int]] = defaultdict(list)
         for i in todo:
@@ -653,13 +659,20 @@ class WhisperRecognizer(Recognizer):
                 timing = np.full(len(texts[i]) + 1, end_ms, dtype=np.int64)
                 n = min(len(starts), len(timing))
                 timing[:n] = np.minimum(starts[:n], end_ms)
-                timings[i] = timing
+                timings[i] = (timing, np.asarray(result.text_token_probs, dtype=np.float64))
         return timings
 
     def _words(
-        self, p: _Prepared, tokens: list[int], times: np.ndarray, language: str
+        self,
+        p: _Prepared,
+        tokens: list[int],
+        times: np.ndarray,
+        probabilities: np.ndarray,
+        language: str,
     ) -> tuple[Word, ...]:
-        """The committed words verbatim, then the new tokens grouped into timed words."""
+        """The committed words verbatim, then the new tokens grouped into timed words, each
+        with the mean probability of its tokens (faster-whisper's word probability; a mark
+        joined to the word before leaves that word's probability as it was, as there)."""
         committed = p.request.committed
         new_tokens = tokens[len(p.prefix) :]
         if not new_tokens:
@@ -671,6 +684,7 @@ class WhisperRecognizer(Recognizer):
         position = len(p.prefix)
         for piece, ids in zip(pieces, piece_tokens, strict=True):
             start = offset + int(times[position])
+            scores = probabilities[position : position + len(ids)]
             position += len(ids)
             end = offset + int(times[min(position, len(times) - 1)])
             if not piece.strip():
@@ -678,9 +692,12 @@ class WhisperRecognizer(Recognizer):
             mark = piece.strip() in string.punctuation or set(piece.strip()) <= FULL_WIDTH_MARKS
             if words and mark:
                 last = words[-1]  # punctuation belongs to the word it follows
-                words[-1] = Word(last.text + piece, last.start_ms, max(last.end_ms, end))
+                words[-1] = dataclasses.replace(
+                    last, text=last.text + piece, end_ms=max(last.end_ms, end)
+                )
             else:
-                words.append(Word(piece, start, max(start, end)))
+                probability = round(float(scores.mean()), 4) if len(scores) else None
+                words.append(Word(piece, start, max(start, end), probability))
         return committed + tuple(words)
 
     # ---------------------------------------------------------------- offline
@@ -705,7 +722,8 @@ class WhisperRecognizer(Recognizer):
         )
         for s in segments:
             words = tuple(
-                Word(w.word, int(w.start * 1000), int(w.end * 1000)) for w in s.words or ()
+                Word(w.word, int(w.start * 1000), int(w.end * 1000), w.probability)
+                for w in s.words or ()
             )
             yield OfflineSegment(
                 int(s.start * 1000), int(s.end * 1000), s.text.strip(), info.language, words,
@@ -803,7 +821,7 @@ def merge_recheck(
     if found and after and after[0].text.lstrip()[:1].islower():
         # the cut ended the recheck's sentence; the original goes on with the same sentence
         last = found[-1]
-        found[-1] = Word(last.text.rstrip(".?!"), last.start_ms, last.end_ms)
+        found[-1] = dataclasses.replace(last, text=last.text.rstrip(".?!"))
     return (*words[:committed], *found, *after)
 
 

@@ -189,7 +189,7 @@ class DeepgramFace(Face):
         self._segment_start_ms.pop(event.segment_id, None)
         words = [
             {"word": _plain(w["word"]), "start": w["start_ms"] / 1000, "end": w["end_ms"] / 1000,
-             "confidence": 1.0, "punctuated_word": w["word"]}
+             "confidence": w.get("probability", 1.0), "punctuated_word": w["word"]}
             for w in event.words or ()
         ]  # fmt: skip
         speech_final = event.reason == "endpoint" and self.options["endpointing"]
@@ -215,7 +215,7 @@ class DeepgramFace(Face):
             "from_finalize": from_finalize,
             "channel": {
                 "alternatives": [
-                    {"transcript": text, "confidence": 1.0 if text else 0.0, "words": words}
+                    {"transcript": text, "confidence": _confidence(text, words), "words": words}
                 ]
             },
             "metadata": {
@@ -242,6 +242,17 @@ class DeepgramFace(Face):
             code = POLICY_VIOLATION if fatal.close_code == CloseCode.BAD_CONFIG else 1011
             return code, fatal.code
         return super().close_code()
+
+
+def _confidence(text: str, words: list[dict[str, Any]]) -> float:
+    """The transcript's confidence: the mean of its words' (each the model's probability of
+    the word, or 1.0 where the model gives none); 1.0 for text without words (a partial) and
+    0.0 for no text, as before word confidences existed."""
+    if not text:
+        return 0.0
+    if not words:
+        return 1.0
+    return round(sum(w["confidence"] for w in words) / len(words), 4)
 
 
 def _plain(word: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import replace
 from typing import Any
 
@@ -88,6 +89,34 @@ class CountingEncoder:
     def encode(self, *args, **kwargs):
         self.calls += 1
         return self.model.encode(*args, **kwargs)
+
+
+def test_word_probabilities_are_lower_where_the_model_is_wrong(whisper, corpus):
+    """Each new word carries the mean probability of its tokens, a real confidence: over the 13
+    clips, clean and with white noise at 5 dB SNR, the words the reference does not hold score
+    far lower than the words it does. Committed words keep the probability they came with."""
+    rng = np.random.default_rng(0)
+    right: list[float] = []
+    wrong: list[float] = []
+    for utterance in corpus:
+        clean = utterance.samples()
+        noise = rng.standard_normal(len(clean)).astype(np.float32)
+        noisy = clean + noise * np.sqrt(np.mean(clean**2)) / 10 ** (5 / 20)
+        for audio in (clean, noisy):
+            words = whisper.decode([DecodeRequest(audio=audio, final=True)])[0].words
+            assert all(w.probability is not None and 0 < w.probability <= 1 for w in words)
+            spoken = [(token, w.probability) for w in words for token in normalize(w.text)]
+            matcher = difflib.SequenceMatcher(
+                None, [t for t, _ in spoken], normalize(utterance.reference), autojunk=False
+            )
+            matched = {i for b in matcher.get_matching_blocks() for i in range(b.a, b.a + b.size)}
+            for i, (_, probability) in enumerate(spoken):
+                (right if i in matched else wrong).append(probability)
+    assert len(wrong) >= 10, len(wrong)
+    assert np.mean(wrong) < np.mean(right) - 0.2, (np.mean(wrong), np.mean(right))
+    committed = (Word(" And", 0, 300, 0.25),)
+    again = whisper.decode([DecodeRequest(audio=corpus[8].samples(), committed=committed)])[0]
+    assert again.words[0].probability == 0.25
 
 
 def test_a_final_alone_encodes_on_all_threads_to_the_same_words(whisper, corpus, monkeypatch):

@@ -70,6 +70,11 @@ async def test_interim_and_final_results_of_a_real_utterance(whisper, corpus):
     words = final.channel.alternatives[0].words
     assert [w.punctuated_word for w in words] == transcript.split()
     assert all(final.start <= w.start <= w.end <= final.start + final.duration for w in words)
+    # the model's word probabilities, not a constant; the alternative's is their mean
+    confidences = [w.confidence for w in words]
+    assert all(0 < c <= 1 for c in confidences) and len(set(confidences)) > 1
+    mean = sum(confidences) / len(confidences)
+    assert final.channel.alternatives[0].confidence == pytest.approx(mean, abs=1e-3)
 
 
 async def test_finalize_answers_from_finalize_and_close_stream_drains(whisper, corpus):

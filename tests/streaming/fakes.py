@@ -19,8 +19,14 @@ class ScriptedRecognizer(Recognizer):
     number to a replacement text for its last word, to simulate a changing hypothesis.
     """
 
-    def __init__(self, script: Sequence[tuple[str, int]], *, languages=frozenset({"en"})):
-        self.script = [Word(text, max(0, end - 200), end) for text, end in script]
+    def __init__(
+        self,
+        script: Sequence[tuple[str, int]],
+        *,
+        languages=frozenset({"en"}),
+        probability: float | None = None,
+    ):
+        self.script = [Word(text, max(0, end - 200), end, probability) for text, end in script]
         self.info = ModelInfo(name="scripted", languages=languages, word_timestamps=True)
         self.requests: list[DecodeRequest] = []
         self.revisions: dict[int, str] = {}

@@ -556,6 +556,24 @@ def test_a_final_from_a_partial_keeps_its_words_inside_the_segment():
     assert check_events(d.log) == []
 
 
+@pytest.mark.parametrize("from_partial", [False, True])
+def test_final_words_carry_the_models_probabilities(from_partial):
+    """A word's probability reaches the final's `words` as the recognizer gave it, whether the
+    final came from a final decode or from a partial that heard the whole segment."""
+    recognizer = ScriptedRecognizer(SCRIPT, probability=0.75)
+    recognizer.info = dataclasses.replace(recognizer.info, partial_is_final=from_partial)
+    session = Session("s1", recognizer.info, config=SessionConfig(word_timestamps=True))
+    d = Driver(session, recognizer)
+    d.audio(speech())
+    d.send({"type": "input.end"})
+    assert bool([r for r in recognizer.requests if r.final]) is not from_partial
+    (final,) = d.of("transcript.final")
+    assert [w["probability"] for w in final["words"]] == [0.75] * 4
+    unscored = make(config=SessionConfig(word_timestamps=True))
+    unscored.audio(speech())
+    assert all("probability" not in w for w in unscored.of("transcript.final")[0]["words"])
+
+
 def test_a_pause_asks_for_a_partial_that_can_become_the_final():
     """Once a pause reaches the point where the segment would end, a partial is due off its
     step; if the pause becomes the endpoint, that partial is the final, ready when the endpoint
