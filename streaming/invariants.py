@@ -126,4 +126,6 @@ def _check_final(where: str, event: dict[str, Any], committed: str) -> list[str]
     for word in event.get("words") or ():
         if not start <= word["start_ms"] <= word["end_ms"] <= end:
             problems.append(f"{where}: word {word} lies outside its segment")
+        if not 0 <= word.get("probability", 0) <= 1:
+            problems.append(f"{where}: word {word} has a probability outside 0..1")
     return problems

@@ -54,6 +54,13 @@ def _break(mutate):
             lambda e: e[6].update(words=[{"word": "go", "start_ms": 0, "end_ms": 1200}]),
             "outside",
         ),
+        (
+            "probability over 1",
+            lambda e: e[6].update(
+                words=[{"word": "go", "start_ms": 0, "end_ms": 500, "probability": 1.5}]
+            ),
+            "probability",
+        ),
     ],
 )
 def test_each_violation_is_reported(name, mutate, needle):
