@@ -306,6 +306,7 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 def _transcribe_offline(args: argparse.Namespace) -> int:
     """The whole file through the recognizer at once (streaming.offline), no server."""
+    from streaming.events import wire_words
     from streaming.languages import normalize_language
     from streaming.offline import read_audio, transcribe_file
     from streaming.recognizer import OfflineOptions
@@ -333,11 +334,7 @@ def _transcribe_offline(args: argparse.Namespace) -> int:
                 "end_ms": piece.end_ms,
             }
             if piece.words:
-                final["words"] = [
-                    {"word": w.text.strip(), "start_ms": w.start_ms, "end_ms": w.end_ms}
-                    for w in piece.words
-                    if w.text.strip()
-                ]
+                final["words"] = wire_words(piece.words)
             line = json.dumps(final, ensure_ascii=False) if args.format == "json" else piece.text
             print(line, flush=True)
             if writer is not None:

@@ -8,8 +8,26 @@ coalesce superseded partials and acks for a slow reader without leaving gaps in 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from streaming.recognizer import Word
+
+
+def wire_words(words: Iterable[Word], offset_ms: int = 0) -> list[dict[str, Any]]:
+    """A final's `words` as the protocol sends them: each spoken word with its times shifted by
+    `offset_ms`, and its probability where the model gave one (blank words are left out)."""
+    return [
+        {
+            "word": w.text.strip(),
+            "start_ms": offset_ms + w.start_ms,
+            "end_ms": offset_ms + w.end_ms,
+            **({} if w.probability is None else {"probability": w.probability}),
+        }
+        for w in words
+        if w.text.strip()
+    ]
 
 
 @dataclass(frozen=True)

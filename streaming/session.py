@@ -733,17 +733,7 @@ class Session:
         assert text.startswith(committed), (text, committed)
         timed = None
         if self.config.word_timestamps and self.model.word_timestamps:
-            offset = _ms(segment.start)
-            timed = [
-                {
-                    "word": w.text.strip(),
-                    "start_ms": offset + w.start_ms,
-                    "end_ms": offset + w.end_ms,
-                    **({} if w.probability is None else {"probability": w.probability}),
-                }
-                for w in (words if aligned is None else aligned)
-                if w.text.strip()
-            ]
+            timed = ev.wire_words(words if aligned is None else aligned, _ms(segment.start))
         end_ms = _ms(segment.end)
         self._emit(segment, ev.SpeechStopped(end_ms, segment.id))
         self._emit(

@@ -35,6 +35,7 @@ from starlette.routing import Route
 from client.transcript_files import TranscriptWriter
 from streaming.config import _parse_context, parse_language
 from streaming.errors import ConfigError, ModelError
+from streaming.events import wire_words
 from streaming.languages import language_name
 from streaming.offline import read_audio, transcribe_file
 from streaming.recognizer import OfflineOptions, OfflineSegment
@@ -380,11 +381,9 @@ def _final(segment: OfflineSegment) -> dict[str, Any]:
     final: dict[str, Any] = {
         "text": segment.text, "start_ms": segment.start_ms, "end_ms": segment.end_ms,
     }  # fmt: skip
-    words = [w for w in segment.words if w.text.strip()]
+    words = wire_words(segment.words)
     if words:
-        final["words"] = [
-            {"word": w.text.strip(), "start_ms": w.start_ms, "end_ms": w.end_ms} for w in words
-        ]
+        final["words"] = words
     return final
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -288,6 +289,26 @@ def test_offline_transcription_is_faster_whispers_own_pipeline(whisper, capsys):
     assert cli.main(["transcribe", str(path), "--offline"]) == 0
     assert capsys.readouterr().out.splitlines() == expected
     assert len(" ".join(expected).split()) > 60  # all five sentences
+
+
+def test_offline_json_words_carry_faster_whispers_probabilities(whisper, capsys):
+    """`transcribe --offline --format json --word-timestamps`: each word carries the word
+    probability of faster-whisper's own pipeline, as the streaming finals carry theirs."""
+    from faster_whisper import WhisperModel
+
+    from streaming import cli
+    from streaming.models.loading import whisper_tiny_en_dir
+
+    path = DATA_DIR / "sense_and_sensibility_01_austen_64kb-0870.wav"
+    reference = WhisperModel(str(whisper_tiny_en_dir()), compute_type="int8", cpu_threads=2)
+    audio = read_wav(path)[0]
+    segments, _ = reference.transcribe(audio, language="en", beam_size=1, word_timestamps=True)
+    expected = [round(w.probability, 4) for s in segments for w in s.words or ()]
+    argv = ["transcribe", str(path), "--offline", "--format", "json", "--word-timestamps"]
+    assert cli.main(argv) == 0
+    finals = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    got = [round(w["probability"], 4) for f in finals for w in f["words"]]
+    assert got == pytest.approx(expected, abs=1e-3) and len(got) > 15
 
 
 def test_the_encoder_input_holds_the_window_and_3_s_of_padding_in_5_s_steps(whisper) -> None:
