@@ -349,6 +349,7 @@ def _transcribe_offline(args: argparse.Namespace) -> int:
 def _align(args: argparse.Namespace) -> int:
     """Prints one line per word (start, end, word) and writes --output if given."""
     from decoder.alignment import AlignmentError
+    from streaming.events import wire_words
     from streaming.models.loading import ModelNotFoundError, load_forced_aligner
     from streaming.offline import read_audio
 
@@ -365,10 +366,7 @@ def _align(args: argparse.Namespace) -> int:
     if not alignment.words:
         print("asr-stream: the transcript has no word to align", file=sys.stderr)
         return 1
-    words = [
-        {"word": w.text.strip(), "start_ms": w.start_ms, "end_ms": w.end_ms}
-        for w in alignment.words
-    ]
+    words = wire_words(alignment.words)
     for word in words:
         print(f"{word['start_ms'] / 1000:8.3f} {word['end_ms'] / 1000:8.3f}  {word['word']}")
     writer = _writer(args)

@@ -630,7 +630,7 @@ class WhisperRecognizer(Recognizer):
         """Per text: the start time (ms, in the window) of each token plus a trailing end time
         (DTW), and each token's probability among the text tokens (the alignment pass scores
         the text it aligns: CTranslate2's `text_token_probs`)."""
-        timings: list[tuple[np.ndarray, np.ndarray]] = [
+        alignments: list[tuple[np.ndarray, np.ndarray]] = [
             (np.zeros(len(t) + 1), np.zeros(len(t))) for t in texts
         ]
         todo = [i for i, t in enumerate(texts) if t]
@@ -659,8 +659,8 @@ class WhisperRecognizer(Recognizer):
                 timing = np.full(len(texts[i]) + 1, end_ms, dtype=np.int64)
                 n = min(len(starts), len(timing))
                 timing[:n] = np.minimum(starts[:n], end_ms)
-                timings[i] = (timing, np.asarray(result.text_token_probs, dtype=np.float64))
-        return timings
+                alignments[i] = (timing, np.asarray(result.text_token_probs, dtype=np.float64))
+        return alignments
 
     def _words(
         self,
